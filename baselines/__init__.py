@@ -1,0 +1,1 @@
+"""Baselines blockllm is measured against: transformers generate() (the reference), per-model serving."""

@@ -1,0 +1,127 @@
+"""Run one model's chain of blocks in one process: the reference path for `blockllm generate`.
+
+The serving engine (blockllm/runtime) schedules blocks of many chains; this runner executes a
+single chain for a batch of prompts, which is what parity tests and the CLI need. Every decoder
+block owns a KV pool; here all pools are filled in lock-step, so one page table describes them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from blockllm.models.attention import AttnBatch
+from blockllm.models.config import LlamaConfig
+from blockllm.models.kv_cache import KVLayout, KVPool, PageTable
+from blockllm.models.llama import DecoderBlock, EmbeddingBlock, HeadBlock
+from blockllm.models.lora import LoraAdapter, LoraSegments
+from blockllm.models.rope import inv_frequencies
+from blockllm.models.sampling import SamplingParams, sample
+
+
+@dataclass(frozen=True)
+class BlockWeights:
+    """What building a block module needs (a zoo `Block` or anything shaped like it)."""
+
+    kind: str
+    signature: dict
+    tensors: dict[str, torch.Tensor]
+
+
+def build_block(cfg: LlamaConfig, kind: str, tensors: dict[str, torch.Tensor], *,
+                n_layers: int = 0, device="cpu", dtype=torch.float32,
+                tied_embedding: torch.Tensor | None = None) -> nn.Module:
+    """An nn.Module for a block, its weights moved (not copied twice) to device/dtype."""
+    with torch.device("meta"):
+        if kind == "embed":
+            mod = EmbeddingBlock(cfg)
+        elif kind == "decoder":
+            mod = DecoderBlock(cfg, n_layers)
+        elif kind == "head":
+            mod = HeadBlock(cfg, tied_embedding=torch.empty(0) if cfg.tie_word_embeddings else None)
+        else:
+            raise ValueError(f"cannot build a module for block kind {kind!r}")
+    state = {k: nn.Parameter(v.to(device, dtype), requires_grad=False) for k, v in tensors.items()}
+    mod.load_state_dict(state, strict=True, assign=True)
+    if kind == "decoder":
+        mod.inv_freq = inv_frequencies(cfg).to(device)
+    if kind == "head" and cfg.tie_word_embeddings:
+        mod.tied_weight = tied_embedding
+    return mod.eval()
+
+
+class ChainModel:
+    def __init__(self, cfg: LlamaConfig, chain: list[tuple[BlockWeights, BlockWeights | None]],
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 page_size: int = 16):
+        """chain: (block, adapter or None) in order: embed, decoder blocks, head."""
+        self.cfg, self.device, self.dtype, self.page_size = cfg, torch.device(device), dtype, page_size
+        (embed, _), *middle, (head, _) = chain
+        self.embed = build_block(cfg, "embed", embed.tensors, device=device, dtype=dtype)
+        self.decoders: list[DecoderBlock] = []
+        self.adapters: list[LoraAdapter | None] = []
+        for blk, adapter in middle:
+            self.decoders.append(build_block(cfg, "decoder", blk.tensors, device=device,
+                                             dtype=dtype, n_layers=blk.signature["n_layers"]))
+            self.adapters.append(None if adapter is None else LoraAdapter(
+                adapter.tensors, adapter.signature["scaling"]).to(device, dtype))
+        self.head = build_block(cfg, "head", head.tensors, device=device, dtype=dtype,
+                                tied_embedding=self.embed.embed_tokens.weight)
+        self.pools: list[KVPool] = []
+        self.table = PageTable(0, page_size)
+
+    def reserve(self, total_tokens: int) -> None:
+        """Size every pool for `total_tokens` tokens of KV (frees whatever was cached)."""
+        pages = -(-total_tokens // self.page_size)
+        self.table = PageTable(pages, self.page_size)
+        if self.pools and self.pools[0].layout.num_pages >= pages:
+            self.table = PageTable(self.pools[0].layout.num_pages, self.page_size)
+            return
+        self.pools = [KVPool(KVLayout(len(d.layers), pages, self.page_size,
+                                      self.cfg.num_key_value_heads, self.cfg.head_dim),
+                             self.dtype, self.device) for d in self.decoders]
+
+    @torch.inference_mode()
+    def step(self, seq_ids: list[int], tokens: list[list[int]]) -> torch.Tensor:
+        """Append `tokens[b]` to sequence `seq_ids[b]`; return (B, vocab) logits of each last token."""
+        qlens = [len(t) for t in tokens]
+        batch = AttnBatch.build(self.table, seq_ids, qlens, self.device)
+        ids = torch.tensor([i for t in tokens for i in t], dtype=torch.long, device=self.device)
+        h = self.embed(ids)  # (T, hidden)
+        for dec, pool, adapter in zip(self.decoders, self.pools, self.adapters, strict=True):
+            h = dec(h, pool, batch, LoraSegments.single(adapter, h.shape[0]))
+        last = torch.tensor(qlens, device=self.device).cumsum(0) - 1
+        return self.head(h[last])  # (B, vocab)
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int,
+                 params: SamplingParams = SamplingParams(), stop_ids: tuple[int, ...] | None = None
+                 ) -> list[list[int]]:
+        """Prefill each prompt, then decode all together until max_new_tokens or a stop id."""
+        limit = self.cfg.max_position_embeddings
+        for p in prompts:
+            if not p:
+                raise ValueError("empty prompt")
+            if len(p) + max_new_tokens > limit:
+                raise ValueError(f"prompt of {len(p)} tokens + {max_new_tokens} new tokens "
+                                 f"exceeds the context length {limit}")
+        stop = set(self.cfg.eos_token_ids if stop_ids is None else stop_ids)
+        self.reserve(sum(-(-(len(p) + max_new_tokens) // self.page_size) * self.page_size
+                         for p in prompts))
+        gen = None if params.seed is None else torch.Generator().manual_seed(params.seed)
+        outs: list[list[int]] = [[] for _ in prompts]
+        live = list(range(len(prompts)))
+        nxt = {}
+        for b in live:  # prefill one prompt at a time: no padding waste
+            nxt[b] = sample(self.step([b], [prompts[b]])[0], params, gen)
+        while live and max_new_tokens > 0:
+            for b in live:
+                outs[b].append(nxt[b])
+            live = [b for b in live if nxt[b] not in stop and len(outs[b]) < max_new_tokens]
+            if not live:
+                break
+            logits = self.step(live, [[nxt[b]] for b in live])
+            for row, b in enumerate(live):
+                nxt[b] = sample(logits[row], params, gen)
+        return outs

@@ -1,0 +1,149 @@
+"""Llama-family model code, cut into blocks: embedding, runs of decoder layers, norm + LM head.
+
+Each block is an `nn.Module` whose `state_dict()` names are exactly the tensor names a zoo
+block stores (decoder layers are numbered from 0 inside their block, so the same layer at
+different depths of different models hashes to the same id). Numerics follow transformers'
+LlamaForCausalLM: RMSNorm in float32, RoPE computed in float32, SDPA attention.
+Shapes: T = new tokens of all sequences in the step, flattened; H = heads; D = head_dim.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blockllm.models.attention import AttnBatch, paged_attention
+from blockllm.models.config import LlamaConfig
+from blockllm.models.kv_cache import KVPool
+from blockllm.models.lora import LoraSegments
+from blockllm.models.rope import apply_rope, cos_sin, inv_frequencies
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim), requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(dtype)
+
+
+def _linear(i: int, o: int) -> nn.Linear:
+    lin = nn.Linear(i, o, bias=False)
+    lin.weight.requires_grad_(False)
+    return lin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = (
+            cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim)
+        self.q_proj = _linear(cfg.hidden_size, self.n_heads * self.head_dim)
+        self.k_proj = _linear(cfg.hidden_size, self.n_kv * self.head_dim)
+        self.v_proj = _linear(cfg.hidden_size, self.n_kv * self.head_dim)
+        self.o_proj = _linear(self.n_heads * self.head_dim, cfg.hidden_size)
+
+    def forward(self, x, cos, sin, pool: KVPool, layer: int, batch: AttnBatch,
+                lora: LoraSegments | None) -> torch.Tensor:
+        T = x.shape[0]
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if lora is not None:
+            q = lora.add_delta(q, x, layer, "self_attn.q_proj")
+            k = lora.add_delta(k, x, layer, "self_attn.k_proj")
+            v = lora.add_delta(v, x, layer, "self_attn.v_proj")
+        q = apply_rope(q.view(T, self.n_heads, self.head_dim), cos, sin)  # (T, H, D)
+        k = apply_rope(k.view(T, self.n_kv, self.head_dim), cos, sin)  # (T, H_kv, D)
+        out = paged_attention(q, k, v.view(T, self.n_kv, self.head_dim), pool, layer, batch)
+        out = out.reshape(T, self.n_heads * self.head_dim)
+        y = self.o_proj(out)
+        return y if lora is None else lora.add_delta(y, out, layer, "self_attn.o_proj")
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.gate_proj = _linear(cfg.hidden_size, cfg.intermediate_size)
+        self.up_proj = _linear(cfg.hidden_size, cfg.intermediate_size)
+        self.down_proj = _linear(cfg.intermediate_size, cfg.hidden_size)
+
+    def forward(self, x: torch.Tensor, layer: int, lora: LoraSegments | None) -> torch.Tensor:
+        g, u = self.gate_proj(x), self.up_proj(x)
+        if lora is not None:
+            g = lora.add_delta(g, x, layer, "mlp.gate_proj")
+            u = lora.add_delta(u, x, layer, "mlp.up_proj")
+        h = F.silu(g) * u
+        y = self.down_proj(h)
+        return y if lora is None else lora.add_delta(y, h, layer, "mlp.down_proj")
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, pool, layer, batch, lora):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, pool, layer, batch, lora)
+        return x + self.mlp(self.post_attention_layernorm(x), layer, lora)
+
+
+class EmbeddingBlock(nn.Module):
+    """token ids (T,) -> hidden (T, hidden)."""
+
+    kind = "embed"
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens.weight.requires_grad_(False)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(ids)
+
+
+class DecoderBlock(nn.Module):
+    """A run of decoder layers: hidden (T, hidden) -> hidden (T, hidden), through its KV pool."""
+
+    kind = "decoder"
+
+    def __init__(self, cfg: LlamaConfig, n_layers: int):
+        super().__init__()
+        self.cfg = cfg
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(n_layers))
+        self.register_buffer("inv_freq", inv_frequencies(cfg), persistent=False)
+
+    def forward(self, x: torch.Tensor, pool: KVPool, batch: AttnBatch,
+                lora: LoraSegments | None = None) -> torch.Tensor:
+        cos, sin = cos_sin(self.inv_freq, batch.positions, x.dtype)
+        for j, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, pool, j, batch, lora)
+        return x
+
+
+class HeadBlock(nn.Module):
+    """hidden (N, hidden) -> logits (N, vocab). Tied models borrow the embedding matrix."""
+
+    kind = "head"
+
+    def __init__(self, cfg: LlamaConfig, tied_embedding: torch.Tensor | None = None):
+        super().__init__()
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        if cfg.tie_word_embeddings:
+            if tied_embedding is None:
+                raise ValueError("a tied head needs the embedding block's weight")
+            self.lm_head = None
+            self.register_buffer("tied_weight", tied_embedding, persistent=False)
+        else:
+            self.lm_head = _linear(cfg.hidden_size, cfg.vocab_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x)
+        return self.lm_head(h) if self.lm_head is not None else F.linear(h, self.tied_weight)
