@@ -37,9 +37,15 @@ def load_hf_dir(path: str | Path, dtype: torch.dtype = torch.float32) -> ModelSo
         tensors.pop("lm_head.weight", None)
     check_complete(config, tensors, str(path))
     return ModelSource(config=config, tensors=cast(tensors, dtype), origin=str(path.resolve()),
-                       tokenizer_loader=lambda: _tokenizer(path))
+                       tokenizer_loader=lambda: _tokenizer(path, config))
 
 
-def _tokenizer(path: Path):
+def _tokenizer(path: Path, config: LlamaConfig):
+    from blockllm.loaders.tokenizer import ByteTokenizer
+    if (path / ByteTokenizer.MARKER).is_file():
+        return ByteTokenizer(config)
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(path))
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise SourceError(f"{path}: no tokenizer files found ({e})") from e

@@ -12,10 +12,11 @@ from typing import Any
 
 import torch
 
+from blockllm.errors import UserError
 from blockllm.models.config import LlamaConfig
 
 
-class SourceError(ValueError):
+class SourceError(UserError):
     """A model source the user named cannot be loaded; the message says what to do."""
 
 

@@ -30,5 +30,10 @@ class ByteTokenizer:
         text += "assistant: " if add_generation_prompt else ""
         return self.encode(text) if tokenize else text
 
+    MARKER = "blockllm_byte_tokenizer.json"
+
     def save_pretrained(self, path) -> None:
-        pass  # nothing to save: the tokenizer is derived from the config
+        """Only a marker: the tokenizer is derived from the model's config."""
+        from pathlib import Path
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / self.MARKER).write_text('{"type": "byte"}\n')

@@ -7,11 +7,12 @@ block owns a KV pool; here all pools are filled in lock-step, so one page table 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
 
+from blockllm.errors import UserError
 from blockllm.models.attention import AttnBatch
 from blockllm.models.config import LlamaConfig
 from blockllm.models.kv_cache import KVLayout, KVPool, PageTable
@@ -21,9 +22,8 @@ from blockllm.models.rope import inv_frequencies
 from blockllm.models.sampling import SamplingParams, sample
 
 
-@dataclass(frozen=True)
-class BlockWeights:
-    """What building a block module needs (a zoo `Block` or anything shaped like it)."""
+class BlockWeights(Protocol):
+    """What building a block module needs: a zoo `Block` has these."""
 
     kind: str
     signature: dict
@@ -84,16 +84,25 @@ class ChainModel:
                              self.dtype, self.device) for d in self.decoders]
 
     @torch.inference_mode()
-    def step(self, seq_ids: list[int], tokens: list[list[int]]) -> torch.Tensor:
-        """Append `tokens[b]` to sequence `seq_ids[b]`; return (B, vocab) logits of each last token."""
+    def step(self, seq_ids: list[int], tokens: list[list[int]], all_logits: bool = False
+             ) -> torch.Tensor:
+        """Append `tokens[b]` to sequence `seq_ids[b]`; return (B, vocab) logits of each last
+        token, or (T, vocab) logits of every new token with `all_logits`."""
         qlens = [len(t) for t in tokens]
         batch = AttnBatch.build(self.table, seq_ids, qlens, self.device)
         ids = torch.tensor([i for t in tokens for i in t], dtype=torch.long, device=self.device)
         h = self.embed(ids)  # (T, hidden)
         for dec, pool, adapter in zip(self.decoders, self.pools, self.adapters, strict=True):
             h = dec(h, pool, batch, LoraSegments.single(adapter, h.shape[0]))
+        if all_logits:
+            return self.head(h)
         last = torch.tensor(qlens, device=self.device).cumsum(0) - 1
         return self.head(h[last])  # (B, vocab)
+
+    def prompt_logits(self, ids: list[int]) -> torch.Tensor:
+        """(len(ids), vocab) logits of a fresh sequence: row i predicts token i + 1."""
+        self.reserve(len(ids))
+        return self.step([0], [ids], all_logits=True)
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int,
                  params: SamplingParams = SamplingParams(), stop_ids: tuple[int, ...] | None = None
@@ -102,10 +111,10 @@ class ChainModel:
         limit = self.cfg.max_position_embeddings
         for p in prompts:
             if not p:
-                raise ValueError("empty prompt")
+                raise UserError("the prompt is empty")
             if len(p) + max_new_tokens > limit:
-                raise ValueError(f"prompt of {len(p)} tokens + {max_new_tokens} new tokens "
-                                 f"exceeds the context length {limit}")
+                raise UserError(f"prompt of {len(p)} tokens + {max_new_tokens} new tokens "
+                                 f"exceeds the context length {limit}: shorten the prompt or lower --max-tokens")
         stop = set(self.cfg.eos_token_ids if stop_ids is None else stop_ids)
         self.reserve(sum(-(-(len(p) + max_new_tokens) // self.page_size) * self.page_size
                          for p in prompts))

@@ -84,10 +84,11 @@ def partition(src: ModelSource, layers_per_block: int = 1) -> tuple[list[Block],
                        {"embed_tokens.weight": t["model.embed_tokens.weight"]})
     blocks.append(embed)
     chain.append(ChainEntry(embed.id))
-    for start, end in layer_spans(cfg.num_hidden_layers, layers_per_block):
+    spans = layer_spans(cfg.num_hidden_layers, layers_per_block)
+    adapters = adapter_blocks(src.adapter, cfg, layers_per_block)
+    for (start, end), adapter in zip(spans, adapters, strict=True):
         dec = make_block("decoder", cfg.block_signature("decoder", end - start), _sub(t, start, end))
         blocks.append(dec)
-        adapter = _adapter_block(src.adapter, cfg, start, end)
         if adapter is not None:
             blocks.append(adapter)
         chain.append(ChainEntry(dec.id, adapter.id if adapter else None))
@@ -100,13 +101,16 @@ def partition(src: ModelSource, layers_per_block: int = 1) -> tuple[list[Block],
     return blocks, chain
 
 
-def _adapter_block(adapter: LoraSource | None, cfg: LlamaConfig, start: int, end: int
-                   ) -> Block | None:
-    if adapter is None:
-        return None
-    tensors = _sub(adapter.tensors, start, end)
-    if not tensors:
-        return None  # the adapter leaves these layers alone
-    sig = dict(cfg.block_signature("lora"), n_layers=end - start, rank=adapter.rank,
-               scaling=adapter.scaling)
-    return make_block("lora", sig, tensors)
+def adapter_blocks(adapter: LoraSource | None, cfg: LlamaConfig, layers_per_block: int
+                   ) -> list[Block | None]:
+    """One LoRA block per decoder block the adapter modifies (None where it leaves it alone)."""
+    out: list[Block | None] = []
+    for start, end in layer_spans(cfg.num_hidden_layers, layers_per_block):
+        tensors = _sub(adapter.tensors, start, end) if adapter is not None else {}
+        if not tensors:
+            out.append(None)
+            continue
+        sig = dict(cfg.block_signature("lora"), n_layers=end - start, rank=adapter.rank,
+                   scaling=adapter.scaling)
+        out.append(make_block("lora", sig, tensors))
+    return out

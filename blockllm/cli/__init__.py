@@ -1,0 +1,36 @@
+"""The `blockllm` command: one click group. Sub-groups live in their own modules."""
+
+from __future__ import annotations
+
+import functools
+
+import click
+
+from blockllm.errors import UserError
+
+
+def user_errors(fn):
+    """Print a user error's message (it names the fix) and exit 1, without a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            raise click.ClickException(str(e)) from e
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="blockllm")
+def main() -> None:
+    """Serve many fine-tuned LLMs through shared blocks (BlockLLM)."""
+
+
+def _register() -> None:
+    from blockllm.cli.generate_cmd import generate
+    from blockllm.cli.zoo_cmd import zoo
+    main.add_command(zoo)
+    main.add_command(generate)
+
+
+_register()

@@ -1,0 +1,1 @@
+"""Fine-tuned variants of a base model, made locally and deterministically, for experiments."""
