@@ -23,7 +23,7 @@ def hf_model(src: ModelSource, dtype: torch.dtype = torch.float32, device: str =
     hf_cfg = HFConfig(**src.config.to_hf())
     with torch.device("meta"):
         model = LlamaForCausalLM(hf_cfg)
-    state = dict(src.tensors)
+    state = {k: v.clone() for k, v in src.tensors.items()}  # training/merging must not alias src
     if src.config.tie_word_embeddings:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
     model.load_state_dict(state, strict=True, assign=True)

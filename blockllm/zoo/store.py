@@ -68,6 +68,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fault_point(name: str) -> None:
+    """Crash-safety tests pause a real `zoo add` here and kill it (BLOCKLLM_FAULT=name:FILE)."""
+    spec = os.environ.get("BLOCKLLM_FAULT", "")
+    if spec.partition(":")[0] == name:
+        import time
+        Path(spec.partition(":")[2]).touch()
+        time.sleep(600)
+
+
 class Zoo:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else default_zoo_dir()
@@ -131,6 +140,7 @@ class Zoo:
                     os.fsync(f.fileno())
                 staged.append((b, tmp))
             tok_ref = self._stage_tokenizer(tokenizer, staging)
+            _fault_point("staged")
             for b, tmp in staged:  # publish files; unreferenced until the commit below
                 dest = self.block_path(b.id)
                 dest.parent.mkdir(exist_ok=True)
@@ -140,6 +150,7 @@ class Zoo:
                 dest = self.root / "tokenizers" / tok_ref.removeprefix("dir:")
                 if not dest.exists():
                     os.replace(staging / "tokenizer", dest)
+            _fault_point("published")
             now = _now()
             self.con.execute("BEGIN IMMEDIATE")
             try:

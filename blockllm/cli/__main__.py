@@ -1,0 +1,3 @@
+from blockllm.cli import main
+
+main()

@@ -1,0 +1,50 @@
+"""Shared fixtures: tiny Llama configs with seeded weights, the embedded model, temp zoos."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from blockllm.loaders.dummy import dummy_tensors
+from blockllm.loaders.source import ModelSource
+from blockllm.loaders.tokenizer import ByteTokenizer
+from blockllm.models.config import LlamaConfig
+
+TINY = dict(model_type="llama", vocab_size=300, hidden_size=64, intermediate_size=128,
+            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+            rms_norm_eps=1e-6, rope_theta=10000.0, max_position_embeddings=512,
+            tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+
+# configs the parity tests cover: GQA, MHA, MQA, tied and untied heads, llama3 rope scaling
+TINY_VARIANTS = {
+    "gqa-untied": {},
+    "mha-tied": dict(num_key_value_heads=4, tie_word_embeddings=True),
+    "mqa-headdim": dict(num_key_value_heads=1, head_dim=32),
+    "llama3-rope": dict(rope_theta=500000.0, rope_scaling=dict(
+        rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=64)),
+}
+
+
+def tiny_source(seed: int = 0, std: float = 0.08, **overrides) -> ModelSource:
+    cfg = LlamaConfig.from_hf({**TINY, **overrides})
+    return ModelSource(config=cfg, tensors=dummy_tensors(cfg, seed, std=std),
+                       origin=f"test:tiny:{seed}", tokenizer_loader=lambda: ByteTokenizer(cfg))
+
+
+@pytest.fixture(scope="session")
+def embedded_source():
+    from blockllm.loaders import load_source
+    return load_source("embedded")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """No test touches the user's zoo or cache."""
+    monkeypatch.setenv("BLOCKLLM_ZOO", str(tmp_path / "default-zoo"))
+    monkeypatch.setenv("BLOCKLLM_CACHE", str(tmp_path / "cache"))
+
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -1,0 +1,49 @@
+"""The embedded SmolLM2-135M-Instruct: our blocks vs transformers on the same fp32 weights."""
+
+import pytest
+import torch
+
+from baselines.hf_reference import hf_greedy, hf_model
+from blockllm.models.chain import ChainModel
+from blockllm.zoo.partition import partition
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in a land"]
+
+
+@pytest.fixture(scope="module")
+def pair(embedded_source):
+    blocks, chain = partition(embedded_source)
+    byid = {b.id: b for b in blocks}
+    ours = ChainModel(embedded_source.config, [(byid[e.block], None) for e in chain])
+    return ours, hf_model(embedded_source), embedded_source.load_tokenizer()
+
+
+def test_gguf_weights_equal_transformers_gguf_loader(embedded_source):
+    """Our GGUF dequantization + q/k unpermute == transformers' own GGUF loading."""
+    from transformers import AutoModelForCausalLM
+
+    from blockllm.loaders.embedded import embedded_gguf_path
+    path = embedded_gguf_path()
+    ref = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                               dtype=torch.float32).state_dict()
+    for name, t in embedded_source.tensors.items():
+        assert torch.equal(t, ref[name]), name
+
+
+def test_greedy_64_tokens_match_generate(pair):
+    ours, ref, tok = pair
+    for text in PROMPTS:
+        ids = tok.encode(text)
+        assert ours.generate([ids], 64, stop_ids=())[0] == hf_greedy(ref, ids, 64), text
+
+
+def test_chat_prompt_logits_close(pair):
+    ours, ref, tok = pair
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is 2+2?"}],
+                                  tokenize=True, add_generation_prompt=True)
+    ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+    with torch.no_grad():
+        theirs = ref(torch.tensor([ids])).logits[0]
+    torch.testing.assert_close(ours.prompt_logits(ids), theirs, rtol=1e-4, atol=1e-4)
