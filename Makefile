@@ -29,6 +29,7 @@ test-fast:
 bench:
 	$(BIN)/python -m pytest -q benchmarks --benchmark-enable --benchmark-columns=min,median,mean,rounds \
 		--benchmark-json=results/bench_decode.json
+	$(BIN)/python -m benchmarks.summarize results/bench_decode.json
 
 variants:
 	$(BIN)/blockllm zoo make-variants

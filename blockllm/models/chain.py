@@ -47,6 +47,7 @@ def build_block(cfg: LlamaConfig, kind: str, tensors: dict[str, torch.Tensor], *
     mod.load_state_dict(state, strict=True, assign=True)
     if kind == "decoder":
         mod.inv_freq = inv_frequencies(cfg).to(device)
+        mod.fuse_()
     if kind == "head" and cfg.tie_word_embeddings:
         mod.tied_weight = tied_embedding
     return mod.eval()

@@ -17,7 +17,7 @@ from blockllm.models.attention import AttnBatch, paged_attention
 from blockllm.models.config import LlamaConfig
 from blockllm.models.kv_cache import KVPool
 from blockllm.models.lora import LoraSegments
-from blockllm.models.rope import apply_rope, cos_sin, inv_frequencies
+from blockllm.models.rope import apply_rope, inv_frequencies
 
 
 class RMSNorm(nn.Module):
@@ -48,11 +48,21 @@ class Attention(nn.Module):
         self.k_proj = _linear(cfg.hidden_size, self.n_kv * self.head_dim)
         self.v_proj = _linear(cfg.hidden_size, self.n_kv * self.head_dim)
         self.o_proj = _linear(self.n_heads * self.head_dim, cfg.hidden_size)
+        self.qkv_weight: torch.Tensor | None = None  # set by fuse_()
+
+    def fuse_(self) -> None:
+        """One matmul for q, k and v (same math, fewer calls); drops the separate weights."""
+        self.qkv_weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
+        del self.q_proj, self.k_proj, self.v_proj
 
     def forward(self, x, cos, sin, pool: KVPool, layer: int, batch: AttnBatch,
                 lora: LoraSegments | None) -> torch.Tensor:
         T = x.shape[0]
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.qkv_weight is not None:
+            q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv * self.head_dim
+            q, k, v = F.linear(x, self.qkv_weight).split([q_dim, kv_dim, kv_dim], dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if lora is not None:
             q = lora.add_delta(q, x, layer, "self_attn.q_proj")
             k = lora.add_delta(k, x, layer, "self_attn.k_proj")
@@ -71,9 +81,17 @@ class MLP(nn.Module):
         self.gate_proj = _linear(cfg.hidden_size, cfg.intermediate_size)
         self.up_proj = _linear(cfg.hidden_size, cfg.intermediate_size)
         self.down_proj = _linear(cfg.intermediate_size, cfg.hidden_size)
+        self.gate_up_weight: torch.Tensor | None = None  # set by fuse_()
+
+    def fuse_(self) -> None:
+        self.gate_up_weight = torch.cat([self.gate_proj.weight, self.up_proj.weight])
+        del self.gate_proj, self.up_proj
 
     def forward(self, x: torch.Tensor, layer: int, lora: LoraSegments | None) -> torch.Tensor:
-        g, u = self.gate_proj(x), self.up_proj(x)
+        if self.gate_up_weight is not None:
+            g, u = F.linear(x, self.gate_up_weight).chunk(2, dim=-1)
+        else:
+            g, u = self.gate_proj(x), self.up_proj(x)
         if lora is not None:
             g = lora.add_delta(g, x, layer, "mlp.gate_proj")
             u = lora.add_delta(u, x, layer, "mlp.up_proj")
@@ -120,9 +138,16 @@ class DecoderBlock(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(n_layers))
         self.register_buffer("inv_freq", inv_frequencies(cfg), persistent=False)
 
+    def fuse_(self) -> DecoderBlock:
+        """Fuse q/k/v and gate/up weights for inference; state_dict names no longer apply."""
+        for layer in self.layers:
+            layer.self_attn.fuse_()
+            layer.mlp.fuse_()
+        return self
+
     def forward(self, x: torch.Tensor, pool: KVPool, batch: AttnBatch,
                 lora: LoraSegments | None = None) -> torch.Tensor:
-        cos, sin = cos_sin(self.inv_freq, batch.positions, x.dtype)
+        cos, sin = batch.rope(self.inv_freq, x.dtype)
         for j, layer in enumerate(self.layers):
             x = layer(x, cos, sin, pool, j, batch, lora)
         return x

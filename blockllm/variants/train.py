@@ -91,7 +91,7 @@ def train(base: ModelSource, recipe: Recipe, out_dir: Path, progress: bool = Tru
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     model.eval()
     out_dir.mkdir(parents=True, exist_ok=True)
