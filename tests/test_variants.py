@@ -55,4 +55,24 @@ def test_task_generators_and_score():
     assert a == TASKS["arith"].examples(5, seed=1) and a != TASKS["arith"].examples(5, seed=2)
     p, ans = a[0]
     assert p.startswith("Compute: ") and str(eval(p[9:-1])) == ans
-    assert score(["42\nmore", " 7", "x"], ["42", "7", "y"]) == pytest.approx(200 / 3)
+    assert score(TASKS["arith"], ["42\nmore", " 7 is it", "x"], ["42", "7", "8"]) == \
+        pytest.approx(200 / 3)
+    assert score(TASKS["sentiment"], [" Positive\n", " neg"], [" positive", " negative"]) == 50
+    assert score(TASKS["upper"], [" LEMON LIGHT, yes"], [" LEMON LIGHT"]) == 100
+
+
+def test_make_variants_cli_writes_results_and_the_figure_draws(tmp_path):
+    import json
+    import subprocess
+    import sys
+    res = tmp_path / "results"
+    p = subprocess.run([sys.executable, "-m", "blockllm.cli", "zoo", "make-variants", "--tiny",
+                        "--n-eval", "8", "--results", str(res), "--zoo", str(tmp_path / "z")],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "tiny-sentiment-lora" in p.stdout
+    data = json.loads((res / "variants-tiny.json").read_text())
+    assert len(data["rows"]) == 3 and data["storage"]["stats"]["models"] == 4
+    from paper_figures.variants import draw
+    paths = draw(res / "variants-tiny.json", tmp_path / "fig")
+    assert all(x.stat().st_size > 1000 for x in paths)

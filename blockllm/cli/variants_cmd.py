@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -30,13 +31,20 @@ def make_variants(base_spec, base_name, tiny, n_eval, results, zoo_dir):
     if tiny and base_spec == "embedded":
         base_spec = "dummy:tiny"
     name = base_name or ("tiny" if tiny else "smollm2")
-    rows = build(Zoo(zoo_dir), base_spec, name, TINY_RECIPES if tiny else RECIPES, n_eval)
+    from blockllm.zoo.report import model_bytes
+    z = Zoo(zoo_dir)
+    rows = build(z, base_spec, name, TINY_RECIPES if tiny else RECIPES, n_eval)
+    names = [name] + [r["variant"] for r in rows]
+    storage = {"stats": asdict(z.stats()),
+               "models": {n: asdict(model_bytes(z, n)) for n in names}}
     out = Path(results)
     out.mkdir(parents=True, exist_ok=True)
-    (out / ("variants-tiny.json" if tiny else "variants.json")).write_text(
-        json.dumps({"base": base_spec, "rows": rows}, indent=1))
-    click.echo(f"{'variant':28s} {'kind':8s} {'task':10s} {'base':>6s} {'score':>6s} {'ppl':>7s}")
+    (out / ("variants-tiny.json" if tiny else "variants.json")).write_text(json.dumps(
+        {"base": base_spec, "command": "blockllm zoo make-variants" + (" --tiny" if tiny else ""),
+         "rows": rows, "storage": storage}, indent=1))
+    click.echo(f"{'variant':28s} {'kind':8s} {'task':10s} {'base':>6s} {'score':>6s} "
+               f"{'base ppl':>8s} {'ppl':>7s}")
     for r in rows:
         flag = "" if r["score"] > r["base_score"] else "  <- does not beat the base"
         click.echo(f"{r['variant']:28s} {r['kind']:8s} {r['task']:10s} {r['base_score']:6.1f} "
-                   f"{r['score']:6.1f} {r['perplexity']:7.2f}{flag}")
+                   f"{r['score']:6.1f} {r['base_perplexity']:8.2f} {r['perplexity']:7.2f}{flag}")

@@ -71,6 +71,7 @@ def make_variants(zoo: Zoo, base_spec: str = "embedded", base_name: str = "smoll
     tok = zoo.tokenizer(base_name)
     base_model = chain_model(zoo, base_name)
     base_scores: dict[str, float] = {}
+    base_ppl: list[float] = []  # computed at most once, only if some row needs it
     rows = []
     for recipe in tqdm(recipes, desc="variants", disable=not progress):
         name = f"{base_name}-{recipe.name}"
@@ -79,16 +80,19 @@ def make_variants(zoo: Zoo, base_spec: str = "embedded", base_name: str = "smoll
         if name not in zoo.models():
             add(zoo, str(path), name, base=base_name if recipe.kind == "lora" else None,
                 meta=meta)
-        scores_file = path / f"scores-n{n_eval}.json"
+        scores_file = path / f"scores-v3-n{n_eval}.json"
         if scores_file.is_file():
             row = json.loads(scores_file.read_text())
         else:
             if recipe.task not in base_scores:
                 base_scores[recipe.task] = task_score(base_model, tok, recipe.task, n_eval)
+            if not base_ppl:
+                base_ppl.append(perplexity(base_model, tok))
             model = chain_model(zoo, name)
             row = {"variant": name, "kind": recipe.kind, "task": recipe.task,
                    "base_score": base_scores[recipe.task],
                    "score": task_score(model, tok, recipe.task, n_eval),
+                   "base_perplexity": base_ppl[0],
                    "perplexity": perplexity(model, tok), "n_eval": n_eval,
                    "final_loss": json.loads((path / "losses.json").read_text())[-1]}
             scores_file.write_text(json.dumps(row, indent=1))

@@ -11,7 +11,7 @@ from blockllm.variants.tasks import EVAL_SEED, TASKS, perplexity_text, score
 
 
 def task_score(model: ChainModel, tok, task: str, n: int = 50, batch: int = 16) -> float:
-    """Exact-match accuracy (0..100) of greedy completions on n held-out examples."""
+    """Accuracy (0..100) of greedy completions on n held-out examples."""
     t = TASKS[task]
     examples = t.examples(n, EVAL_SEED)
     # room for the longest answer and its newline, in this tokenizer's tokens, plus slack
@@ -22,7 +22,7 @@ def task_score(model: ChainModel, tok, task: str, n: int = 50, batch: int = 16) 
         outs = model.generate([tok.encode(p) for p, _ in chunk], budget,
                               stop_ids=tuple(tok.encode("\n")))
         completions += [tok.decode(o) for o in outs]
-    return score(completions, [a for _, a in examples])
+    return score(t, completions, [a for _, a in examples])
 
 
 @torch.inference_mode()

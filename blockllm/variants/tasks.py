@@ -8,6 +8,7 @@ Perplexity text comes from Python's own `pydoc_data.topics` (shipped with every 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ _THINGS = "movie meal book hotel concert game trip show".split()
 class Task:
     name: str
     make: Callable[[random.Random], tuple[str, str]]  # one (prompt, answer) from an RNG
+    extract: Callable[[str], str]  # the answer a completion gives, leniently read
 
     def examples(self, n: int, seed: int) -> list[tuple[str, str]]:
         rng = random.Random(f"{self.name}:{seed}")
@@ -50,23 +52,35 @@ def _sentiment(rng: random.Random) -> tuple[str, str]:
     return f"Review: The {thing} was {adj}.\nSentiment:", " positive" if pos else " negative"
 
 
+def _first_int(text: str) -> str:
+    m = re.search(r"-?\d+", text)
+    return m.group(0) if m else ""
+
+
+def _first_words(n: int, lower: bool = False):
+    def extract(text: str) -> str:
+        words = re.findall(r"[A-Za-z]+", text)[:n]
+        out = " ".join(words)
+        return out.lower() if lower else out
+    return extract
+
+
+# Scoring is lenient about format (the first number, the first words, case for labels), so a
+# base model that knows the answer but phrases it differently still scores.
 TASKS: dict[str, Task] = {
-    "arith": Task("arith", _arith),
-    "reverse": Task("reverse", _reverse),
-    "upper": Task("upper", _upper),
-    "sentiment": Task("sentiment", _sentiment),
+    "arith": Task("arith", _arith, _first_int),
+    "reverse": Task("reverse", _reverse, _first_words(1)),
+    "upper": Task("upper", _upper, _first_words(2)),
+    "sentiment": Task("sentiment", _sentiment, _first_words(1, lower=True)),
 }
 
 TRAIN_SEED, EVAL_SEED = 1, 2  # train and held-out examples never share a seed
 
 
-def first_line(text: str) -> str:
-    return text.split("\n", 1)[0].strip()
-
-
-def score(completions: list[str], answers: list[str]) -> float:
-    """Exact-match accuracy (0..100) of each completion's first line."""
-    hits = sum(first_line(c) == a.strip() for c, a in zip(completions, answers, strict=True))
+def score(task: Task, completions: list[str], answers: list[str]) -> float:
+    """Accuracy (0..100): the answer read from each completion equals the expected one."""
+    hits = sum(task.extract(c) == task.extract(a)
+               for c, a in zip(completions, answers, strict=True))
     return 100.0 * hits / len(answers)
 
 

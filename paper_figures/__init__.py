@@ -1,0 +1,1 @@
+"""Figures drawn from results/ only (seaborn, PNG and PDF); redrawable without a rerun."""
