@@ -85,3 +85,24 @@ def test_mixed_adapters_in_one_batch():
         A, B = a.pair(0, "m")
         torch.testing.assert_close(y[rows], x[rows] @ w.T + a.scaling * x[rows] @ A.T @ B.T)
     torch.testing.assert_close(y[2:5], x[2:5] @ w.T)
+
+
+def test_zoo_adapter_model_and_its_merge_give_the_same_outputs(tmp_path):
+    from blockllm.zoo.ingest import add, add_source, chain_model, merge_adapter
+    from blockllm.zoo.store import Zoo, ZooError
+    zoo = Zoo(tmp_path / "zoo")
+    src = tiny_source(seed=12)
+    add_source(zoo, src, "base")
+    adir = make_adapter_dir(src, tmp_path / "lora", seed=1)
+    with pytest.raises(ZooError, match="--base"):
+        add(zoo, str(adir), "x")
+    new = add(zoo, str(adir), "lora", base="base")
+    assert len(new) == 3, "only the adapter blocks are new"
+    assert [e.block for e in zoo.chain("lora")] == [e.block for e in zoo.chain("base")]
+    merge_adapter(zoo, "lora", "merged")
+    assert not any(e.adapter for e in zoo.chain("merged"))
+    p = PROMPTS[0]
+    torch.testing.assert_close(chain_model(zoo, "merged").prompt_logits(p),
+                               chain_model(zoo, "lora").prompt_logits(p), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ZooError, match="no LoRA adapter"):
+        merge_adapter(zoo, "base", "m2")

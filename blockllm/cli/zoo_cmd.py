@@ -75,6 +75,20 @@ def show(name, zoo_dir):
 
 
 @zoo.command()
+@click.argument("name")
+@click.option("--name", "new_name", required=True, help="Name of the merged model.")
+@zoo_option
+@user_errors
+def merge(name, new_name, zoo_dir):
+    """Fold NAME's LoRA adapters into its decoder blocks, stored as a new model."""
+    from blockllm.zoo.ingest import merge_adapter
+    z = _open(zoo_dir)
+    new = merge_adapter(z, name, new_name)
+    click.echo(f"merged {name} into {new_name}: {len(new)} new decoder blocks")
+    _print_totals(z)
+
+
+@zoo.command()
 @zoo_option
 @user_errors
 def verify(zoo_dir):

@@ -96,3 +96,27 @@ def resolve_model(spec: str, zoo_dir: str | Path | None):
                        "`blockllm zoo add SOURCE --name NAME` or pass --zoo DIR")
     zoo.model(spec)  # raises, listing the models there are
     raise AssertionError("unreachable")
+
+
+def merge_adapter(zoo: Zoo, name: str, new_name: str) -> list[str]:
+    """Store `name` (a base + LoRA model) again with its adapters folded into new decoder blocks."""
+    from blockllm.models.lora import LoraAdapter, merge_into
+    from blockllm.zoo.partition import make_block
+
+    cfg = zoo.config(name)
+    row = zoo.model(name)
+    chain = zoo.chain(name)
+    if not any(e.adapter for e in chain):
+        raise ZooError(f"{name} has no LoRA adapter to merge")
+    blocks, new_chain = [], []
+    for e in chain:
+        if e.adapter is None:
+            new_chain.append(ChainEntry(e.block))
+            continue
+        dec, ada = zoo.load_block(e.block), zoo.load_block(e.adapter)
+        merged = merge_into(dec.tensors, LoraAdapter(ada.tensors, ada.signature["scaling"]))
+        blk = make_block("decoder", dec.signature, merged)
+        blocks.append(blk)
+        new_chain.append(ChainEntry(blk.id))
+    return zoo.add_model(new_name, cfg, blocks, new_chain, f"merge:{name}", zoo.tokenizer(name),
+                         row.layers_per_block, {**row.meta, "merged_from": name})
