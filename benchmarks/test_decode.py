@@ -38,27 +38,22 @@ def small():
     return (*_models(src), list(range(10, 30)))
 
 
-def _check_same(ours, ref, ids):
+def _bench(benchmark, models, impl: str, rounds: int) -> None:
+    ours, ref, ids = models
     assert ours.generate([ids], NEW_TOKENS, stop_ids=())[0] == hf_greedy(ref, ids, NEW_TOKENS)
+    fn = (lambda: ours.generate([ids], NEW_TOKENS, stop_ids=())) if impl == "blockllm" else (
+        lambda: hf_greedy(ref, ids, NEW_TOKENS))
+    with torch.inference_mode():
+        benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1)
 
 
 @pytest.mark.benchmark(group="decode-smollm2-135m")
 @pytest.mark.parametrize("impl", ["blockllm", "transformers"])
 def test_decode_smollm2(benchmark, smollm2, impl):
-    ours, ref, ids = smollm2
-    _check_same(ours, ref, ids)
-    fn = (lambda: ours.generate([ids], NEW_TOKENS, stop_ids=())) if impl == "blockllm" else (
-        lambda: hf_greedy(ref, ids, NEW_TOKENS))
-    with torch.inference_mode():
-        benchmark.pedantic(fn, rounds=5, warmup_rounds=1)
+    _bench(benchmark, smollm2, impl, rounds=5)
 
 
 @pytest.mark.benchmark(group="decode-small-8L-256d")
 @pytest.mark.parametrize("impl", ["blockllm", "transformers"])
 def test_decode_small(benchmark, small, impl):
-    ours, ref, ids = small
-    _check_same(ours, ref, ids)
-    fn = (lambda: ours.generate([ids], NEW_TOKENS, stop_ids=())) if impl == "blockllm" else (
-        lambda: hf_greedy(ref, ids, NEW_TOKENS))
-    with torch.inference_mode():
-        benchmark.pedantic(fn, rounds=10, warmup_rounds=2)
+    _bench(benchmark, small, impl, rounds=10)
