@@ -72,6 +72,17 @@ def show(name, zoo_dir):
     mb = model_bytes(z, name)
     click.echo(f"total {fmt_bytes(mb.total)}: shared with other models {fmt_bytes(mb.shared)}, "
                f"unique to {name} {fmt_bytes(mb.unique)}")
+    from blockllm.zoo.evidence import budget, load_options
+    options = load_options(z, name)
+    if not options:
+        click.echo("no measured substitutions (run `blockllm zoo equivalence`)")
+        return
+    b = budget(z, name)
+    click.echo(f"measured chains (budget {b:g} points of task score):")
+    for o in options:
+        ok = "allowed" if o.drop_points <= b else "over budget"
+        click.echo(f"  {o.label:24s} score {o.score:6.1f} drop {o.drop_points:+6.1f} "
+                   f"ppl {o.perplexity:7.2f} saves {fmt_bytes(o.saved_bytes):>10s}  {ok}")
 
 
 @zoo.command()
@@ -134,8 +145,11 @@ def _print_totals(z) -> None:
 
 
 def _register() -> None:
+    from blockllm.cli.equivalence_cmd import budget, equivalence
     from blockllm.cli.variants_cmd import make_variants
     zoo.add_command(make_variants)
+    zoo.add_command(equivalence)
+    zoo.add_command(budget)
 
 
 _register()

@@ -16,7 +16,7 @@ from blockllm.errors import UserError
 from blockllm.models.attention import AttnBatch
 from blockllm.models.config import LlamaConfig
 from blockllm.models.kv_cache import KVLayout, KVPool, PageTable
-from blockllm.models.llama import DecoderBlock, EmbeddingBlock, HeadBlock
+from blockllm.models.llama import DecoderBlock, EmbeddingBlock, HeadBlock, StitchBlock
 from blockllm.models.lora import LoraAdapter, LoraSegments
 from blockllm.models.rope import inv_frequencies
 from blockllm.models.sampling import SamplingParams, sample
@@ -41,6 +41,9 @@ def build_block(cfg: LlamaConfig, kind: str, tensors: dict[str, torch.Tensor], *
             mod = DecoderBlock(cfg, n_layers)
         elif kind == "head":
             mod = HeadBlock(cfg, tied_embedding=torch.empty(0) if cfg.tie_word_embeddings else None)
+        elif kind == "stitch":
+            w = tensors["proj.weight"]
+            mod = StitchBlock(w.shape[1], w.shape[0])
         else:
             raise ValueError(f"cannot build a module for block kind {kind!r}")
     state = {k: nn.Parameter(v.to(device, dtype), requires_grad=False) for k, v in tensors.items()}
@@ -54,24 +57,34 @@ def build_block(cfg: LlamaConfig, kind: str, tensors: dict[str, torch.Tensor], *
 
 
 class ChainModel:
+    """A chain of blocks: embed, then stages (decoder blocks, each with an optional LoRA adapter,
+    or stitch blocks), then head. Tied heads use the chain's own embedding matrix."""
+
     def __init__(self, cfg: LlamaConfig, chain: list[tuple[BlockWeights, BlockWeights | None]],
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  page_size: int = 16):
-        """chain: (block, adapter or None) in order: embed, decoder blocks, head."""
         self.cfg, self.device, self.dtype, self.page_size = cfg, torch.device(device), dtype, page_size
         (embed, _), *middle, (head, _) = chain
         self.embed = build_block(cfg, "embed", embed.tensors, device=device, dtype=dtype)
-        self.decoders: list[DecoderBlock] = []
-        self.adapters: list[LoraAdapter | None] = []
+        self.stages: list[tuple[nn.Module, LoraAdapter | None, int | None]] = []  # (mod, lora, pool)
+        n_pools = 0
         for blk, adapter in middle:
-            self.decoders.append(build_block(cfg, "decoder", blk.tensors, device=device,
-                                             dtype=dtype, n_layers=blk.signature["n_layers"]))
-            self.adapters.append(None if adapter is None else LoraAdapter(
-                adapter.tensors, adapter.signature["scaling"]).to(device, dtype))
+            mod = build_block(cfg, blk.kind, blk.tensors, device=device, dtype=dtype,
+                              n_layers=blk.signature.get("n_layers", 0))
+            lora = None if adapter is None else LoraAdapter(
+                adapter.tensors, adapter.signature["scaling"]).to(device, dtype)
+            pool = None
+            if blk.kind == "decoder":
+                pool, n_pools = n_pools, n_pools + 1
+            self.stages.append((mod, lora, pool))
         self.head = build_block(cfg, "head", head.tensors, device=device, dtype=dtype,
                                 tied_embedding=self.embed.embed_tokens.weight)
         self.pools: list[KVPool] = []
         self.table = PageTable(0, page_size)
+
+    @property
+    def decoders(self) -> list[DecoderBlock]:
+        return [m for m, _, pool in self.stages if pool is not None]
 
     def reserve(self, total_tokens: int) -> None:
         """Size every pool for `total_tokens` tokens of KV (frees whatever was cached)."""
@@ -93,12 +106,30 @@ class ChainModel:
         batch = AttnBatch.build(self.table, seq_ids, qlens, self.device)
         ids = torch.tensor([i for t in tokens for i in t], dtype=torch.long, device=self.device)
         h = self.embed(ids)  # (T, hidden)
-        for dec, pool, adapter in zip(self.decoders, self.pools, self.adapters, strict=True):
-            h = dec(h, pool, batch, LoraSegments.single(adapter, h.shape[0]))
+        for mod, adapter, pool in self.stages:
+            if self._trace is not None:
+                self._trace.append(h)
+            if pool is None:
+                h = mod(h)
+            else:
+                h = mod(h, self.pools[pool], batch, LoraSegments.single(adapter, h.shape[0]))
+        if self._trace is not None:
+            self._trace.append(h)
         if all_logits:
             return self.head(h)
         last = torch.tensor(qlens, device=self.device).cumsum(0) - 1
         return self.head(h[last])  # (B, vocab)
+
+    _trace: list[torch.Tensor] | None = None
+
+    def trace(self, ids: list[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Hidden states (T, hidden) entering each stage, then the head's input, and the logits."""
+        self._trace = []
+        try:
+            logits = self.prompt_logits(ids)
+            return self._trace, logits
+        finally:
+            self._trace = None
 
     def prompt_logits(self, ids: list[int]) -> torch.Tensor:
         """(len(ids), vocab) logits of a fresh sequence: row i predicts token i + 1."""

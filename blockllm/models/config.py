@@ -148,6 +148,6 @@ class LlamaConfig:
                 rope_theta=self.rope_theta,
                 rope_scaling=dataclasses.asdict(self.rope_scaling) if self.rope_scaling else None,
             )
-        elif kind != "lora":
+        elif kind not in ("lora", "stitch"):
             raise ValueError(f"unknown block kind {kind!r}")
         return sig

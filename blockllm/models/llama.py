@@ -172,3 +172,17 @@ class HeadBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
         return self.lm_head(h) if self.lm_head is not None else F.linear(h, self.tied_weight)
+
+
+class StitchBlock(nn.Module):
+    """A fitted affine map between two models' residual streams: (T, h_in) -> (T, h_out)."""
+
+    kind = "stitch"
+
+    def __init__(self, h_in: int, h_out: int):
+        super().__init__()
+        self.proj = nn.Linear(h_in, h_out, bias=True)
+        self.proj.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)

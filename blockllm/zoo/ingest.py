@@ -78,6 +78,18 @@ def chain_model(zoo: Zoo, name: str, device: str = "cpu", dtype: torch.dtype = t
     return ChainModel(zoo.config(name), zoo.chain_weights(name, verify), device, dtype)
 
 
+def entries_model(zoo: Zoo, name: str, entries, device: str = "cpu",
+                  dtype: torch.dtype = torch.float32, extra: dict | None = None) -> ChainModel:
+    """A runnable chain of any zoo entries (e.g. an assembled chain) with `name`'s config;
+    `extra` maps ids to blocks not (yet) in the zoo."""
+    extra = extra or {}
+
+    def get(bid):
+        return extra[bid] if bid in extra else zoo.load_block(bid)
+    weights = [(get(e.block), get(e.adapter) if e.adapter else None) for e in entries]
+    return ChainModel(zoo.config(name), weights, device, dtype)
+
+
 def resolve_model(spec: str, zoo_dir: str | Path | None):
     """MODEL for `blockllm generate`: a zoo name; `embedded` and `dummy:PRESET` need no zoo.
 

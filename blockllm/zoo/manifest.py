@@ -42,6 +42,38 @@ CREATE TABLE IF NOT EXISTS chains (
     PRIMARY KEY (model, pos)
 );
 CREATE INDEX IF NOT EXISTS chains_block ON chains(block);
+-- equivalence evidence: `model`'s entry at `pos` vs another model's entry, on `model`'s inputs
+CREATE TABLE IF NOT EXISTS equivalence (
+    model TEXT NOT NULL REFERENCES models(name) ON DELETE CASCADE,
+    pos INTEGER NOT NULL,
+    block TEXT NOT NULL,
+    adapter TEXT NOT NULL,        -- '' for none
+    cos_mean REAL NOT NULL, cos_min REAL NOT NULL,
+    rel_l2_mean REAL NOT NULL, rel_l2_p95 REAL NOT NULL,
+    n_tokens INTEGER NOT NULL,
+    calib_hash TEXT NOT NULL,
+    created TEXT NOT NULL,
+    PRIMARY KEY (model, pos, block, adapter)
+);
+-- measured ways to serve a model: the exact chain, equivalence-assembled chains, stitched chains
+CREATE TABLE IF NOT EXISTS chain_options (
+    model TEXT NOT NULL REFERENCES models(name) ON DELETE CASCADE,
+    label TEXT NOT NULL,          -- exact | t=0.05 | stitch@15 ...
+    chain TEXT NOT NULL,          -- JSON [[block, adapter or null], ...]
+    score REAL NOT NULL,          -- task score (0..100) of this chain
+    perplexity REAL NOT NULL,
+    drop_points REAL NOT NULL,    -- exact score - this score
+    saved_bytes INTEGER NOT NULL, -- resident bytes no longer needed for this model
+    threshold REAL,               -- equivalence threshold that produced it, if any
+    calib_hash TEXT NOT NULL,
+    n_eval INTEGER NOT NULL,
+    created TEXT NOT NULL,
+    PRIMARY KEY (model, label)
+);
+CREATE TABLE IF NOT EXISTS budgets (
+    model TEXT PRIMARY KEY REFERENCES models(name) ON DELETE CASCADE,
+    points REAL NOT NULL          -- the largest task-score drop this model may be served with
+);
 """
 
 
@@ -108,8 +140,14 @@ def chain_rows(con: sqlite3.Connection, name: str) -> list[tuple[str, str | None
 
 
 def referenced_block_ids(con: sqlite3.Connection) -> set[str]:
+    """Blocks some model's chain, or some measured chain option (e.g. a stitch), uses."""
     ids = {r[0] for r in con.execute("SELECT block FROM chains")}
     ids |= {r[0] for r in con.execute("SELECT adapter FROM chains WHERE adapter IS NOT NULL")}
+    for (chain,) in con.execute("SELECT chain FROM chain_options"):
+        for block, adapter in json.loads(chain):
+            ids.add(block)
+            if adapter:
+                ids.add(adapter)
     return ids
 
 

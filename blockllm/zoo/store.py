@@ -127,25 +127,8 @@ class Zoo:
             if mf.model_row(self.con, name) is not None:
                 raise ZooError(f"model {name!r} is already in the zoo: `blockllm zoo rm {name}` "
                                "first, or pick another --name")
-            staging = self.root / "staging" / uuid.uuid4().hex
-            staging.mkdir(parents=True)
-            new = [b for b in {b.id: b for b in blocks}.values()
-                   if mf.block_row(self.con, b.id) is None]
-            staged = []
-            for b in new:
-                tmp = staging / f"{b.id}.safetensors"
-                save_file({k: v.contiguous() for k, v in b.tensors.items()}, str(tmp),
-                          metadata={"blockllm.id": b.id, "blockllm.kind": b.kind})
-                with open(tmp, "rb+") as f:
-                    os.fsync(f.fileno())
-                staged.append((b, tmp))
+            new, staging = self._publish(blocks)
             tok_ref = self._stage_tokenizer(tokenizer, staging)
-            _fault_point("staged")
-            for b, tmp in staged:  # publish files; unreferenced until the commit below
-                dest = self.block_path(b.id)
-                dest.parent.mkdir(exist_ok=True)
-                os.replace(tmp, dest)
-                _fsync_dir(dest.parent)
             if tok_ref.startswith("dir:") and (staging / "tokenizer").exists():
                 dest = self.root / "tokenizers" / tok_ref.removeprefix("dir:")
                 if not dest.exists():
@@ -154,11 +137,7 @@ class Zoo:
             now = _now()
             self.con.execute("BEGIN IMMEDIATE")
             try:
-                for b in new:
-                    self.con.execute(
-                        "INSERT INTO blocks VALUES (?,?,?,?,?,?,?)",
-                        (b.id, b.kind, json.dumps(b.signature, sort_keys=True), b.nbytes,
-                         self.block_path(b.id).stat().st_size, origin, now))
+                self._insert_blocks(new, origin, now)
                 self.con.execute("INSERT INTO models VALUES (?,?,?,?,?,?,?)", (
                     name, config.to_json(), origin, tok_ref, layers_per_block,
                     json.dumps(meta or {}, sort_keys=True), now))
@@ -171,6 +150,60 @@ class Zoo:
                 raise
             shutil.rmtree(staging, ignore_errors=True)
             return [b.id for b in new]
+
+    def _publish(self, blocks: list[Block]) -> tuple[list[Block], Path]:
+        """Write the blocks the zoo lacks to staging, fsync, and move them into blocks/.
+
+        Until the caller commits rows for them they are unreferenced (removed on recovery)."""
+        staging = self.root / "staging" / uuid.uuid4().hex
+        staging.mkdir(parents=True)
+        new = [b for b in {b.id: b for b in blocks}.values()
+               if mf.block_row(self.con, b.id) is None]
+        staged = []
+        for b in new:
+            tmp = staging / f"{b.id}.safetensors"
+            save_file({k: v.contiguous() for k, v in b.tensors.items()}, str(tmp),
+                      metadata={"blockllm.id": b.id, "blockllm.kind": b.kind})
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            staged.append((b, tmp))
+        _fault_point("staged")
+        for b, tmp in staged:
+            dest = self.block_path(b.id)
+            dest.parent.mkdir(exist_ok=True)
+            os.replace(tmp, dest)
+            _fault_point("publishing")
+            _fsync_dir(dest.parent)
+        return new, staging
+
+    def _insert_blocks(self, blocks: list[Block], origin: str, now: str) -> None:
+        for b in blocks:
+            self.con.execute("INSERT INTO blocks VALUES (?,?,?,?,?,?,?)", (
+                b.id, b.kind, json.dumps(b.signature, sort_keys=True), b.nbytes,
+                self.block_path(b.id).stat().st_size, origin, now))
+
+    def add_chain_option(self, model: str, label: str, chain: list[ChainEntry],
+                         blocks: list[Block], values: dict) -> None:
+        """Record a measured way to serve `model` (replacing one with the same label), storing
+        any new blocks it needs (e.g. a stitch) in the same transaction."""
+        with self.writing():
+            self.model(model)
+            new, staging = self._publish(blocks)
+            now = _now()
+            self.con.execute("BEGIN IMMEDIATE")
+            try:
+                self._insert_blocks(new, f"option:{model}:{label}", now)
+                self.con.execute(
+                    "INSERT OR REPLACE INTO chain_options VALUES (?,?,?,?,?,?,?,?,?,?,?)", (
+                        model, label, json.dumps([[e.block, e.adapter] for e in chain]),
+                        values["score"], values["perplexity"], values["drop_points"],
+                        values["saved_bytes"], values.get("threshold"), values["calib_hash"],
+                        values["n_eval"], now))
+                self.con.execute("COMMIT")
+            except BaseException:
+                self.con.execute("ROLLBACK")
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
 
     def _stage_tokenizer(self, tokenizer, staging: Path) -> str:
         from blockllm.loaders.tokenizer import ByteTokenizer
