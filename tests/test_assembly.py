@@ -1,0 +1,68 @@
+"""Chain assembly and substitution rules: pure functions, made-up ids and numbers, exact."""
+
+import pytest
+
+from blockllm.zoo.assembly import assemble, saved_bytes, substitution_chain
+from blockllm.zoo.equivalence import Evidence, Metrics
+from blockllm.zoo.partition import ChainEntry as E
+
+
+def ev(pos, block, rel, adapter=None):
+    return Evidence("m", pos, E(block, adapter), Metrics(1 - rel, 1 - rel, rel, rel, 10))
+
+
+EXACT = (E("emb"), E("d1"), E("d2"), E("d3"), E("head"))
+
+
+def test_substitution_chain_respects_threshold_and_prefers_popular_then_close():
+    evidence = [ev(1, "b1", 0.01), ev(2, "b2", 0.04), ev(2, "c2", 0.02), ev(3, "b3", 0.3)]
+    pop = {"b1": 3, "b2": 5, "c2": 1, "b3": 5}
+    assert substitution_chain(EXACT, evidence, 0.005, pop) == EXACT
+    assert substitution_chain(EXACT, evidence, 0.01, pop) == (
+        E("emb"), E("b1"), E("d2"), E("d3"), E("head"))
+    # at 0.05 both b2 and c2 pass at position 2: the more popular b2 wins over the closer c2
+    assert substitution_chain(EXACT, evidence, 0.05, pop)[2] == E("b2")
+    assert substitution_chain(EXACT, evidence, 0.05, {**pop, "c2": 5})[2] == E("c2")
+    assert substitution_chain(EXACT, evidence, 1.0, pop)[3] == E("b3")
+
+
+def test_saved_bytes_counts_only_blocks_no_one_else_needs():
+    sizes = {"emb": 100, "d1": 10, "d2": 10, "d3": 10, "head": 5, "b1": 10, "s": 2}
+    chain = (E("emb"), E("b1"), E("d2"), E("d3"), E("head"))
+    assert saved_bytes(EXACT, chain, others={"b1"}, block_bytes=sizes) == 10
+    assert saved_bytes(EXACT, chain, others=set(), block_bytes=sizes) == 0  # b1 is new bytes
+    assert saved_bytes(EXACT, chain, others={"b1", "d1"}, block_bytes=sizes) == 0
+
+
+SIZES = {"emb": 100, "d1": 10, "d2": 10, "d3": 10, "head": 5, "b1": 10, "b2": 10, "b3": 10}
+SUB1 = (E("emb"), E("b1"), E("d2"), E("d3"), E("head"))
+SUB3 = (E("emb"), E("b1"), E("b2"), E("b3"), E("head"))
+OPTIONS = [("exact", EXACT, 0.0), ("t=0.01", SUB1, 0.4), ("t=0.1", SUB3, 3.0)]
+
+
+def test_assemble_prefers_resident_blocks_within_budget():
+    resident = frozenset({"emb", "head", "b1", "b2", "b3", "d2", "d3"})
+    c = assemble(OPTIONS, budget=1.0, resident=resident, load={}, block_bytes=SIZES)
+    assert c.label == "t=0.01" and c.load_bytes == 0
+    c = assemble(OPTIONS, budget=5.0, resident=resident, load={}, block_bytes=SIZES)
+    assert c.label == "t=0.01", "both resident: equal bytes and load, the smaller drop wins"
+    c = assemble(OPTIONS, budget=5.0, resident=resident, load={"d2": 7.0}, block_bytes=SIZES)
+    assert c.label == "t=0.1", "a loaded block is routed around when the budget allows"
+
+
+@pytest.mark.parametrize("budget", [0.0, 0.39, 1.0, 2.99])
+def test_assemble_never_picks_an_option_over_budget(budget):
+    """Even when the over-budget chain is the only one fully resident and idle."""
+    resident = frozenset(SIZES) - {"d1", "d2", "d3"}
+    c = assemble(OPTIONS, budget, resident, load={"d1": 100.0, "d2": 100.0},
+                 block_bytes=SIZES)
+    assert c.drop_points <= budget
+    assert c.label != "t=0.1"
+
+
+def test_assemble_needs_the_exact_chain_and_is_deterministic():
+    with pytest.raises(ValueError):
+        assemble(OPTIONS[1:], 1.0, frozenset(), {}, SIZES)
+    tie = [("exact", EXACT, 0.0), ("b", EXACT, 0.0), ("a", EXACT, 0.0)]
+    assert assemble(tie, 1.0, frozenset(), {}, SIZES).label == "a"
+    assert assemble(list(reversed(tie)), 1.0, frozenset(), {}, SIZES).label == "a"
