@@ -2,7 +2,7 @@
 
 import pytest
 
-from blockllm.zoo.assembly import assemble, saved_bytes, substitution_chain
+from blockllm.zoo.assembly import assemble, entry_popularity, saved_bytes, substitution_chain
 from blockllm.zoo.equivalence import Evidence, Metrics
 from blockllm.zoo.partition import ChainEntry as E
 
@@ -16,14 +16,21 @@ EXACT = (E("emb"), E("d1"), E("d2"), E("d3"), E("head"))
 
 def test_substitution_chain_respects_threshold_and_prefers_popular_then_close():
     evidence = [ev(1, "b1", 0.01), ev(2, "b2", 0.04), ev(2, "c2", 0.02), ev(3, "b3", 0.3)]
-    pop = {"b1": 3, "b2": 5, "c2": 1, "b3": 5}
+    pop = {E("b1"): 3, E("b2"): 5, E("c2"): 1, E("b3"): 5}
     assert substitution_chain(EXACT, evidence, 0.005, pop) == EXACT
     assert substitution_chain(EXACT, evidence, 0.01, pop) == (
         E("emb"), E("b1"), E("d2"), E("d3"), E("head"))
     # at 0.05 both b2 and c2 pass at position 2: the more popular b2 wins over the closer c2
     assert substitution_chain(EXACT, evidence, 0.05, pop)[2] == E("b2")
-    assert substitution_chain(EXACT, evidence, 0.05, {**pop, "c2": 5})[2] == E("c2")
+    assert substitution_chain(EXACT, evidence, 0.05, {**pop, E("c2"): 5})[2] == E("c2")
     assert substitution_chain(EXACT, evidence, 1.0, pop)[3] == E("b3")
+
+
+def test_popularity_counts_whole_entries():
+    """A popular block carrying a one-off adapter is not a popular entry."""
+    chains = [(E("a"), E("b")), (E("a"), E("b", "lora1")), (E("a"), E("b"), E("b"))]
+    pop = entry_popularity(chains)
+    assert pop == {E("a"): 3, E("b"): 2, E("b", "lora1"): 1}
 
 
 def test_saved_bytes_counts_only_blocks_no_one_else_needs():

@@ -16,22 +16,32 @@ from blockllm.zoo.partition import ChainEntry
 
 
 def substitution_chain(exact: Sequence[ChainEntry], evidence: Sequence[Evidence],
-                       threshold: float, popularity: Mapping[str, int]
+                       threshold: float, popularity: Mapping[ChainEntry, int]
                        ) -> tuple[ChainEntry, ...]:
     """Replace each entry that has a candidate with rel_l2_mean <= threshold.
 
-    Among passing candidates, prefer the block most models use (most likely to be resident and
-    batched with others), then the closest (lowest rel_l2_mean), then the smallest ids.
+    Among passing candidates, prefer the entry (block + adapter) most models use (most likely
+    to be resident and batched with others), then the closest (lowest rel_l2_mean), then the
+    smallest ids.
     """
     best: dict[int, tuple] = {}
     for e in evidence:
         if e.metrics.rel_l2_mean > threshold:
             continue
-        key = (-popularity.get(e.candidate.block, 0), e.metrics.rel_l2_mean,
+        key = (-popularity.get(e.candidate, 0), e.metrics.rel_l2_mean,
                e.candidate.block, e.candidate.adapter or "")
         if e.pos not in best or key < best[e.pos][0]:
             best[e.pos] = (key, e.candidate)
     return tuple(best[p][1] if p in best else entry for p, entry in enumerate(exact))
+
+
+def entry_popularity(chains: Sequence[Sequence[ChainEntry]]) -> dict[ChainEntry, int]:
+    """How many of the given chains contain each entry."""
+    out: dict[ChainEntry, int] = {}
+    for chain in chains:
+        for e in set(chain):
+            out[e] = out.get(e, 0) + 1
+    return out
 
 
 def chain_blocks(chain: Sequence[ChainEntry]) -> set[str]:
