@@ -26,6 +26,16 @@ def test_substitution_chain_respects_threshold_and_prefers_popular_then_close():
     assert substitution_chain(EXACT, evidence, 1.0, pop)[3] == E("b3")
 
 
+def test_substitution_only_where_it_frees_bytes_or_grows_batches():
+    evidence = [ev(1, "b1", 0.01), ev(2, "b2", 0.01)]
+    pop = {E("d1"): 3, E("b1"): 2, E("d2"): 3, E("b2"): 4}
+    # d1 is shared by 3 models: swapping it for a less used b1 gains nothing; b2 is used more
+    assert substitution_chain(EXACT, evidence, 0.05, pop) == (
+        E("emb"), E("d1"), E("b2"), E("d3"), E("head"))
+    # once d1 is this model's alone, any equivalent block used elsewhere frees its bytes
+    assert substitution_chain(EXACT, evidence, 0.05, {**pop, E("d1"): 1})[1] == E("b1")
+
+
 def test_popularity_counts_whole_entries():
     """A popular block carrying a one-off adapter is not a popular entry."""
     chains = [(E("a"), E("b")), (E("a"), E("b", "lora1")), (E("a"), E("b"), E("b"))]

@@ -18,15 +18,18 @@ from blockllm.zoo.partition import ChainEntry
 def substitution_chain(exact: Sequence[ChainEntry], evidence: Sequence[Evidence],
                        threshold: float, popularity: Mapping[ChainEntry, int]
                        ) -> tuple[ChainEntry, ...]:
-    """Replace each entry that has a candidate with rel_l2_mean <= threshold.
+    """Replace each entry that has a candidate with rel_l2_mean <= threshold, where it pays.
 
-    Among passing candidates, prefer the entry (block + adapter) most models use (most likely
-    to be resident and batched with others), then the closest (lowest rel_l2_mean), then the
-    smallest ids.
+    It pays when the model's own entry is used by no other model (swapping frees its bytes) or
+    when the candidate is used by more models than the own entry (its batches are larger).
+    Among candidates that pay, prefer the entry (block + adapter) most models use, then the
+    closest (lowest rel_l2_mean), then the smallest ids.
     """
     best: dict[int, tuple] = {}
     for e in evidence:
-        if e.metrics.rel_l2_mean > threshold:
+        own = popularity.get(exact[e.pos], 1)
+        pays = own <= 1 or popularity.get(e.candidate, 0) > own
+        if e.metrics.rel_l2_mean > threshold or not pays:
             continue
         key = (-popularity.get(e.candidate, 0), e.metrics.rel_l2_mean,
                e.candidate.block, e.candidate.adapter or "")
