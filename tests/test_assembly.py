@@ -2,7 +2,7 @@
 
 import pytest
 
-from blockllm.zoo.assembly import assemble, entry_popularity, saved_bytes, substitution_chain
+from blockllm.zoo.assembly import assemble, saved_bytes, substitution_chain
 from blockllm.zoo.equivalence import Evidence, Metrics
 from blockllm.zoo.partition import ChainEntry as E
 
@@ -14,33 +14,34 @@ def ev(pos, block, rel, adapter=None):
 EXACT = (E("emb"), E("d1"), E("d2"), E("d3"), E("head"))
 
 
-def test_substitution_chain_respects_threshold_and_prefers_popular_then_close():
+def test_substitution_chain_respects_threshold_and_prefers_most_used_blocks():
     evidence = [ev(1, "b1", 0.01), ev(2, "b2", 0.04), ev(2, "c2", 0.02), ev(3, "b3", 0.3)]
-    pop = {E("b1"): 3, E("b2"): 5, E("c2"): 1, E("b3"): 5}
-    assert substitution_chain(EXACT, evidence, 0.005, pop) == EXACT
-    assert substitution_chain(EXACT, evidence, 0.01, pop) == (
+    users = {"b1": 3, "b2": 5, "c2": 1, "b3": 5}  # d1..d3 unknown: used by this model only
+    assert substitution_chain(EXACT, evidence, 0.005, users) == EXACT
+    assert substitution_chain(EXACT, evidence, 0.01, users) == (
         E("emb"), E("b1"), E("d2"), E("d3"), E("head"))
-    # at 0.05 both b2 and c2 pass at position 2: the more popular b2 wins over the closer c2
-    assert substitution_chain(EXACT, evidence, 0.05, pop)[2] == E("b2")
-    assert substitution_chain(EXACT, evidence, 0.05, {**pop, E("c2"): 5})[2] == E("c2")
-    assert substitution_chain(EXACT, evidence, 1.0, pop)[3] == E("b3")
+    # at 0.05 both b2 and c2 pass at position 2: the more used b2 wins over the closer c2
+    assert substitution_chain(EXACT, evidence, 0.05, users)[2] == E("b2")
+    assert substitution_chain(EXACT, evidence, 0.05, {**users, "c2": 5})[2] == E("c2")
+    assert substitution_chain(EXACT, evidence, 1.0, users)[3] == E("b3")
 
 
 def test_substitution_only_where_it_frees_bytes_or_grows_batches():
     evidence = [ev(1, "b1", 0.01), ev(2, "b2", 0.01)]
-    pop = {E("d1"): 3, E("b1"): 2, E("d2"): 3, E("b2"): 4}
+    users = {"d1": 3, "b1": 2, "d2": 3, "b2": 4}
     # d1 is shared by 3 models: swapping it for a less used b1 gains nothing; b2 is used more
-    assert substitution_chain(EXACT, evidence, 0.05, pop) == (
+    assert substitution_chain(EXACT, evidence, 0.05, users) == (
         E("emb"), E("d1"), E("b2"), E("d3"), E("head"))
     # once d1 is this model's alone, any equivalent block used elsewhere frees its bytes
-    assert substitution_chain(EXACT, evidence, 0.05, {**pop, E("d1"): 1})[1] == E("b1")
+    assert substitution_chain(EXACT, evidence, 0.05, {**users, "d1": 1})[1] == E("b1")
 
 
-def test_popularity_counts_whole_entries():
-    """A popular block carrying a one-off adapter is not a popular entry."""
-    chains = [(E("a"), E("b")), (E("a"), E("b", "lora1")), (E("a"), E("b"), E("b"))]
-    pop = entry_popularity(chains)
-    assert pop == {E("a"): 3, E("b"): 2, E("b", "lora1"): 1}
+def test_an_adapter_entry_may_drop_its_adapter():
+    lora = (E("emb"), E("d1", "A1"), E("head"))
+    evidence = [ev(1, "d1", 0.01), ev(1, "d9", 0.001, adapter="A9")]
+    users = {"d1": 4, "d9": 4}
+    # both pay (A1 is freed); equal users, so the candidate without an adapter wins
+    assert substitution_chain(lora, evidence, 0.05, users)[1] == E("d1")
 
 
 def test_saved_bytes_counts_only_blocks_no_one_else_needs():

@@ -16,35 +16,29 @@ from blockllm.zoo.partition import ChainEntry
 
 
 def substitution_chain(exact: Sequence[ChainEntry], evidence: Sequence[Evidence],
-                       threshold: float, popularity: Mapping[ChainEntry, int]
+                       threshold: float, block_users: Mapping[str, int]
                        ) -> tuple[ChainEntry, ...]:
     """Replace each entry that has a candidate with rel_l2_mean <= threshold, where it pays.
 
-    It pays when the model's own entry is used by no other model (swapping frees its bytes) or
-    when the candidate is used by more models than the own entry (its batches are larger).
-    Among candidates that pay, prefer the entry (block + adapter) most models use, then the
-    closest (lowest rel_l2_mean), then the smallest ids.
+    `block_users[b]` is how many models run block b (with or without an adapter: LoRA requests
+    batch in their base block). A swap pays when it frees bytes only this model uses (its block
+    is its own, or it carries an adapter) or when the candidate block has more users (bigger
+    batches). Among candidates that pay, prefer the block with the most users, then no adapter,
+    then the closest (lowest rel_l2_mean), then the smallest ids.
     """
     best: dict[int, tuple] = {}
     for e in evidence:
-        own = popularity.get(exact[e.pos], 1)
-        pays = own <= 1 or popularity.get(e.candidate, 0) > own
-        if e.metrics.rel_l2_mean > threshold or not pays:
+        own, cand = exact[e.pos], e.candidate
+        own_users = block_users.get(own.block, 1)
+        frees = own_users <= 1 or own.adapter is not None
+        grows = block_users.get(cand.block, 0) > own_users
+        if e.metrics.rel_l2_mean > threshold or not (frees or grows):
             continue
-        key = (-popularity.get(e.candidate, 0), e.metrics.rel_l2_mean,
-               e.candidate.block, e.candidate.adapter or "")
+        key = (-block_users.get(cand.block, 0), cand.adapter is not None, e.metrics.rel_l2_mean,
+               cand.block, cand.adapter or "")
         if e.pos not in best or key < best[e.pos][0]:
-            best[e.pos] = (key, e.candidate)
+            best[e.pos] = (key, cand)
     return tuple(best[p][1] if p in best else entry for p, entry in enumerate(exact))
-
-
-def entry_popularity(chains: Sequence[Sequence[ChainEntry]]) -> dict[ChainEntry, int]:
-    """How many of the given chains contain each entry."""
-    out: dict[ChainEntry, int] = {}
-    for chain in chains:
-        for e in set(chain):
-            out[e] = out.get(e, 0) + 1
-    return out
 
 
 def chain_blocks(chain: Sequence[ChainEntry]) -> set[str]:

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from blockllm.variants.evaluate import perplexity, task_score
 from blockllm.variants.tasks import TASKS
 from blockllm.zoo import manifest as mf
-from blockllm.zoo.assembly import entry_popularity, saved_bytes, substitution_chain
+from blockllm.zoo.assembly import saved_bytes, substitution_chain
 from blockllm.zoo.evidence import ChainOption, load_evidence
 from blockllm.zoo.ingest import entries_model
 from blockllm.zoo.partition import ChainEntry
@@ -55,14 +55,14 @@ def measure_options(zoo: Zoo, name: str, calib_hash: str, n_eval: int = 50,
     """Measure the exact chain and the chain each threshold assembles; store them all."""
     exact = tuple(zoo.chain(name))
     evidence = load_evidence(zoo, name)
-    popularity = entry_popularity([zoo.chain(m) for m in zoo.models()])
+    block_users = mf.use_counts(zoo.con)
     others = other_models_blocks(zoo, name)
     sizes = {r.id: r.nbytes for r in mf.all_blocks(zoo.con)}
     measured: dict[tuple[ChainEntry, ...], tuple[float, float]] = {}
     base_score, base_ppl = measured[exact] = measure_chain(zoo, name, exact, n_eval)
     out = [ChainOption("exact", exact, base_score, base_ppl, 0.0, 0, None)]
     for t in tqdm(thresholds, desc=f"chains {name}", disable=not progress, leave=False):
-        chain = substitution_chain(exact, evidence, t, popularity)
+        chain = substitution_chain(exact, evidence, t, block_users)
         if chain not in measured:
             measured[chain] = measure_chain(zoo, name, chain, n_eval)
         score, ppl = measured[chain]
