@@ -44,15 +44,24 @@ class AttnBatch:
         need = sum(table.pages_needed(s, n) for s, n in zip(seq_ids, query_lens, strict=True))
         if need > table.free_pages:
             raise OutOfPages(f"step needs {need} pages, {table.free_pages} free")
+        for s, n in zip(seq_ids, query_lens):
+            table.append(s, n)
+        return cls.describe(table, seq_ids, query_lens, device)
+
+    @classmethod
+    def describe(cls, table: PageTable, seq_ids: list[int], query_lens: list[int],
+                 device: torch.device | str = "cpu") -> AttnBatch:
+        """The step whose new tokens are the last `query_lens[b]` already in `table`."""
         positions: list[int] = []
         slots: list[int] = []
         ctx: list[int] = []
-        for s, n in zip(seq_ids, query_lens, strict=True):
-            start = table.length(s)
-            slots.extend(table.append(s, n))
-            positions.extend(range(start, start + n))
-            ctx.append(start + n)
+        ps = table.page_size
         pages = [table.pages(s) for s in seq_ids]
+        for s, n, pg in zip(seq_ids, query_lens, pages, strict=True):
+            end = table.length(s)
+            positions.extend(range(end - n, end))
+            slots.extend(pg[i // ps] * ps + i % ps for i in range(end - n, end))
+            ctx.append(end)
         width = max(len(p) for p in pages)
         page_tables = torch.tensor([p + [0] * (width - len(p)) for p in pages], dtype=torch.long)
         fresh = len(seq_ids) == 1 and query_lens[0] == ctx[0]

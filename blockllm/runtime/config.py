@@ -1,0 +1,27 @@
+"""Engine configuration: one frozen dataclass, every field documented, every mechanism switchable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    dtype: str = "float32"  # float32 | bfloat16 | float16: compute and KV dtype
+    memory_budget: int = 4 << 30  # bytes of block weights resident on the device at once
+    kv_budget: int = 512 << 20  # bytes of KV cache, split evenly over the decoder blocks' pools
+    page_size: int = 16  # tokens per KV page
+    share_blocks: bool = True  # False (ablation): every model runs its own copy of each block
+    coordinate_kv: bool = True  # False (ablation): reserve KV block by block, not chain-wide
+    batch_tokens: int | None = None  # fixed tokens per block call (ablation); None: profiled
+    latency_target_s: float | None = None  # per-call latency target for the profiled limit;
+    #                                        None picks the knee of the throughput curve
+    use_equivalence: bool = False  # serve measured equivalent chains within each model's budget
+    max_waiting: int = 1024  # requests queued before admission; more are refused (backpressure)
+
+    def __post_init__(self):
+        if self.page_size < 1 or self.kv_budget <= 0 or self.memory_budget <= 0:
+            raise ValueError("page_size, kv_budget and memory_budget must be positive")
+        if self.batch_tokens is not None and self.batch_tokens < 1:
+            raise ValueError("batch_tokens must be >= 1")

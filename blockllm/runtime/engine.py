@@ -1,0 +1,258 @@
+"""The block-chain engine: `step()` = schedule one block's batch, run it, postprocess.
+
+Every block (key) has a queue. A request's pass goes embed -> decoder/stitch blocks -> head,
+waiting in each block's queue; a block shared by several models' chains batches all of their
+requests. After the head samples a token the request re-enters the embedding's queue. The
+scheduler picks the block whose oldest queued request waited longest, and takes as many
+requests as fit the block's token limit (profiled from its latency curve, or fixed).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+
+import torch
+
+from blockllm.errors import UserError
+from blockllm.models.lora import LoraAdapter
+from blockllm.models.sampling import SamplingParams, sample
+from blockllm.runtime.batch_policy import batch_limit
+from blockllm.runtime.config import EngineConfig
+from blockllm.runtime.kv_manager import KVManager
+from blockllm.runtime.request import Request, State
+from blockllm.runtime.residency import Residency
+from blockllm.runtime.workers import BlockWorker, new_pool, profile_latency
+from blockllm.zoo.partition import ChainEntry
+from blockllm.zoo.store import Zoo
+
+
+class Engine:
+    def __init__(self, zoo: Zoo, models: list[str], config: EngineConfig = EngineConfig()):
+        if not models:
+            raise UserError("serve at least one model")
+        self.zoo, self.cfg = zoo, config
+        self.device, self.dtype = torch.device(config.device), getattr(torch, config.dtype)
+        self.models = {m: zoo.config(m) for m in models}  # raises for unknown names
+        self.chains = {m: tuple(zoo.chain(m)) for m in models}
+        self.info = {}  # block id -> BlockRow
+        for chain in self.chains.values():
+            for e in chain:
+                for b in (e.block, e.adapter):
+                    if b and b not in self.info:
+                        self.info[b] = zoo.block_info(b)
+        self.options = self._load_options() if config.use_equivalence else {}
+        dec_keys = {self.key(m, e) for m in models for e in self._all_entries(m)
+                    if self.info[e.block].kind == "decoder"}
+        page_bytes = self._page_bytes(next(iter(self.models.values())))
+        pages = max(1, config.kv_budget // max(1, len(dec_keys) * page_bytes))
+        self.kv = KVManager({k: pages for k in dec_keys}, config.page_size)
+        self.pools = {}
+        self.residency = Residency(config.memory_budget)
+        self.workers: dict[Hashable, BlockWorker] = {}
+        self.adapters: dict[str, LoraAdapter] = {}
+        self.limits: dict[Hashable, int] = {}
+        self._curves: dict[str, list[tuple[int, float]]] = {}
+        self.queues: dict[Hashable, deque[tuple[float, Request]]] = {}
+        self.waiting: deque[Request] = deque()
+        self.running: dict[int, Request] = {}
+        self._ids = itertools.count()
+        self.on_token: Callable[[Request, int], None] | None = None
+        self.on_finish: Callable[[Request], None] | None = None
+        self.counters = {"steps": 0, "preemptions": 0, "deadlocks": 0, "cold_loads": 0}
+        self.last_batch: dict[Hashable, int] = {}
+
+    # ---- keys, chains, sizes ------------------------------------------------------------
+
+    def key(self, model: str, entry: ChainEntry) -> Hashable:
+        """A block's identity in the engine: shared across models unless sharing is off."""
+        base = entry.block if self.cfg.share_blocks else (model, entry.block)
+        if self.info[entry.block].kind == "head" and self.models[model].tie_word_embeddings:
+            return (base, "tied", self.chains[model][0].block)  # its logits need the embedding
+        return base
+
+    def _all_entries(self, model: str):
+        seen = list(self.chains[model])
+        for _, chain, _ in self.options.get(model, ()):
+            seen += [e for e in chain if e not in seen]
+        return seen
+
+    def _page_bytes(self, cfg) -> int:
+        return 2 * self.cfg.page_size * cfg.num_key_value_heads * cfg.head_dim * \
+            torch.empty((), dtype=self.dtype).element_size()
+
+    def _load_options(self) -> dict:
+        from blockllm.zoo.evidence import budget, load_options
+        out = {}
+        for m in self.models:
+            b = budget(self.zoo, m)
+            out[m] = [(o.label, o.chain, o.drop_points) for o in load_options(self.zoo, m)
+                      if o.drop_points <= b]
+            for _, chain, _ in out[m]:
+                for e in chain:
+                    for bid in (e.block, e.adapter):
+                        if bid and bid not in self.info:
+                            self.info[bid] = self.zoo.block_info(bid)
+        return out
+
+    def _decoder_keys(self, req: Request) -> list[Hashable]:
+        return [self.key(req.model, e) for e in req.chain if self.info[e.block].kind == "decoder"]
+
+    # ---- requests -------------------------------------------------------------------------
+
+    def submit(self, model: str, prompt: list[int], params: SamplingParams = SamplingParams(),
+               max_tokens: int = 16, stop_ids: frozenset[int] | None = None) -> Request:
+        if model not in self.models:
+            raise UserError(f"model {model!r} is not served (served: {', '.join(self.models)})")
+        cfg = self.models[model]
+        if not prompt:
+            raise UserError("the prompt is empty")
+        if max_tokens < 1:
+            raise UserError("max_tokens must be at least 1")
+        if len(prompt) + max_tokens > cfg.max_position_embeddings:
+            raise UserError(f"prompt of {len(prompt)} tokens + max_tokens {max_tokens} exceeds "
+                            f"the context length {cfg.max_position_embeddings}")
+        if len(self.waiting) >= self.cfg.max_waiting:
+            raise UserError("the server is busy: too many waiting requests, retry later")
+        stop = frozenset(cfg.eos_token_ids) if stop_ids is None else stop_ids
+        req = Request(next(self._ids), model, list(prompt), params, max_tokens, stop,
+                      self._assemble(model))
+        self.waiting.append(req)
+        return req
+
+    def _assemble(self, model: str) -> tuple[ChainEntry, ...]:
+        if not self.options.get(model):
+            return self.chains[model]
+        from blockllm.zoo.assembly import assemble
+        resident = frozenset(k for k in self.residency.keys() if isinstance(k, str))
+        load = {k: float(len(q)) for k, q in self.queues.items() if isinstance(k, str)}
+        sizes = {b: r.nbytes for b, r in self.info.items()}
+        opts = [("exact", self.chains[model], 0.0)] + [
+            o for o in self.options[model] if o[0] != "exact"]
+        return assemble(opts, float("inf"), resident, load, sizes).chain
+
+    def abort(self, req: Request, reason: str = "abort") -> None:
+        if req.state is State.FINISHED:
+            return
+        for q in self.queues.values():
+            for item in list(q):
+                if item[1] is req:
+                    q.remove(item)
+        if req in self.waiting:
+            self.waiting.remove(req)
+        self._finish(req, reason)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # ---- the step -------------------------------------------------------------------------
+
+    def step(self) -> None:
+        """Admit what fits, then run one block's batch. No-op when idle."""
+        self._admit()
+        key = self._pick()
+        if key is None:
+            if self.running:  # everything is stuck waiting for KV (uncoordinated mode)
+                self._break_deadlock()
+            return
+        batch = self._take(key)
+        self._run(key, batch)
+        self.counters["steps"] += 1
+
+    def _enqueue(self, req: Request) -> None:
+        key = self.key(req.model, req.chain[req.stage])
+        self.queues.setdefault(key, deque()).append((time.perf_counter(), req))
+
+    def _admit(self) -> None:
+        from blockllm.runtime.scheduling import admit
+        admit(self)
+
+    def _pick(self) -> Hashable | None:
+        from blockllm.runtime.scheduling import pick
+        return pick(self)
+
+    def _take(self, key: Hashable) -> list[Request]:
+        from blockllm.runtime.scheduling import take
+        return take(self, key)
+
+    def _break_deadlock(self) -> None:
+        victim = max(self.running.values(), key=lambda r: r.arrival)
+        self.counters["deadlocks"] += 1
+        self.preempt(victim)
+
+    def preempt(self, req: Request) -> None:
+        """Recompute preemption: free all its KV, send it back to wait; it loses no tokens."""
+        for q in self.queues.values():
+            for item in list(q):
+                if item[1] is req:
+                    q.remove(item)
+        self.kv.free(req.id)
+        self.running.pop(req.id, None)
+        req.restart()
+        self.waiting.appendleft(req)
+        self.counters["preemptions"] += 1
+
+    def _run(self, key: Hashable, reqs: list[Request]) -> None:
+        from blockllm.runtime.scheduling import run_batch
+        run_batch(self, key, reqs)
+
+    def _after_head(self, req: Request, logits: torch.Tensor) -> None:
+        token = sample(logits, req.params, req.generator)
+        req.output.append(token)
+        req.token_times.append(time.perf_counter())
+        if self.on_token is not None:
+            self.on_token(req, token)
+        limit = self.models[req.model].max_position_embeddings
+        if token in req.stop_ids:
+            return self._finish(req, "stop")
+        if len(req.output) >= req.max_tokens or len(req.context) >= limit:
+            return self._finish(req, "length")
+        req.feed, req.stage, req.hidden = [token], 0, None
+        from blockllm.runtime.scheduling import reenter
+        reenter(self, req)
+
+    def _finish(self, req: Request, reason: str) -> None:
+        self.kv.free(req.id)
+        self.running.pop(req.id, None)
+        req.state, req.finish_reason, req.hidden = State.FINISHED, reason, None
+        if self.on_finish is not None:
+            self.on_finish(req)
+
+    # ---- blocks on the device ---------------------------------------------------------------
+
+    def worker(self, key: Hashable, entry: ChainEntry, model: str) -> BlockWorker:
+        if key not in self.workers:
+            block = self.zoo.load_block(entry.block)
+            self.workers[key] = BlockWorker(self.models[model], block, self.device, self.dtype)
+            self.counters["cold_loads"] += 1
+            if self.info[entry.block].kind == "decoder" and key not in self.pools:
+                self.pools[key] = new_pool(self.models[model], block.signature["n_layers"],
+                                           self.kv.tables[key].num_pages, self.cfg.page_size,
+                                           self.dtype, self.device)
+            self.limits[key] = self._limit(self.workers[key], entry)
+        return self.workers[key]
+
+    def _limit(self, worker: BlockWorker, entry: ChainEntry) -> int:
+        if self.cfg.batch_tokens is not None:
+            return self.cfg.batch_tokens
+        shape = f"{worker.kind}:{sorted(self.info[entry.block].signature.items())}"
+        if shape not in self._curves:  # one profile per block shape, not per block
+            self._curves[shape] = profile_latency(worker)
+        return batch_limit(self._curves[shape], self.cfg.latency_target_s)
+
+    def adapter(self, adapter_id: str) -> LoraAdapter:
+        if adapter_id not in self.adapters:
+            blk = self.zoo.load_block(adapter_id)
+            self.adapters[adapter_id] = LoraAdapter(blk.tensors, blk.signature["scaling"]).to(
+                self.device, self.dtype)
+        return self.adapters[adapter_id]
+
+    def generate(self, model: str, prompts: list[list[int]], max_tokens: int,
+                 params: SamplingParams = SamplingParams(), stop_ids=None) -> list[list[int]]:
+        """Submit, run to completion, return outputs (a convenience for tests and scripts)."""
+        reqs = [self.submit(model, p, params, max_tokens, stop_ids) for p in prompts]
+        while any(r.state is not State.FINISHED for r in reqs):
+            self.step()
+        return [r.output for r in reqs]

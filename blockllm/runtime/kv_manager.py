@@ -1,0 +1,48 @@
+"""KV coordination across the per-block paged pools: integer bookkeeping only.
+
+Every decoder block (key) has its own `PageTable`. A request's pass needs room for its new
+tokens in every decoder block of its chain. Coordinated mode reserves that room in all of them
+at once, before the pass starts, or not at all: a request never holds KV in one block while
+waiting for pages in another, so requests cannot deadlock. Uncoordinated mode (the ablation)
+reserves block by block as the request arrives, and relies on preemption when it gets stuck.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+from blockllm.models.kv_cache import PageTable
+
+
+class KVManager:
+    def __init__(self, pages: dict[Hashable, int], page_size: int):
+        """pages: number of pages of each decoder block's pool."""
+        self.page_size = page_size
+        self.tables = {k: PageTable(n, page_size) for k, n in pages.items()}
+
+    def fits(self, req: int, keys: Sequence[Hashable], n_tokens: int) -> bool:
+        return all(self.tables[k].can_append(req, n_tokens) for k in keys)
+
+    def reserve(self, req: int, keys: Sequence[Hashable], n_tokens: int) -> bool:
+        """Room for n_tokens more tokens of `req` in every block of `keys`, or no change."""
+        if not self.fits(req, keys, n_tokens):
+            return False
+        for k in keys:
+            self.tables[k].append(req, n_tokens)
+        return True
+
+    def shortest(self, keys: Sequence[Hashable], req: int, n_tokens: int) -> list[Hashable]:
+        """The blocks among `keys` that lack room for `req`'s n_tokens."""
+        return [k for k in keys if not self.tables[k].can_append(req, n_tokens)]
+
+    def holders(self, key: Hashable) -> list[int]:
+        """Requests holding pages in block `key`."""
+        return sorted(r for r in self.tables[key]._pages if self.tables[key]._pages[r])
+
+    def free(self, req: int, keys: Sequence[Hashable] | None = None) -> None:
+        for k in (self.tables if keys is None else keys):
+            self.tables[k].free(req)
+
+    def used_pages(self, key: Hashable) -> int:
+        t = self.tables[key]
+        return t.num_pages - t.free_pages

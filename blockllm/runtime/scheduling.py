@@ -1,0 +1,153 @@
+"""The engine's scheduling decisions: admission, which block runs, its batch, KV re-reservation.
+
+Functions of the engine's state; only `run_batch` calls a worker (the one place tensors move).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import torch
+
+from blockllm.runtime.request import Request, State
+from blockllm.runtime.residency import OverBudget
+
+
+def admit(engine) -> None:
+    """FIFO admission. Coordinated: a request enters only with KV reserved for its whole pass in
+    every decoder block of its chain. Uncoordinated (ablation): it enters when its first decoder
+    block has room right now, each block deciding alone. A request that cannot fit even in
+    empty pools fails."""
+    while engine.waiting:
+        req: Request = engine.waiting[0]
+        keys, n = engine._decoder_keys(req), len(req.feed)
+        ok = engine.kv.reserve(req.id, keys, n) if engine.cfg.coordinate_kv else \
+            engine.kv.fits(req.id, keys[:1], n)
+        if not ok:
+            if engine.running:
+                return
+            engine.waiting.popleft()
+            engine._finish(req, f"error: {n} tokens do not fit the KV cache (raise --kv-budget)")
+            continue
+        engine.waiting.popleft()
+        req.state, req.stage = State.RUNNING, 0
+        engine.running[req.id] = req
+        engine._enqueue(req)
+
+
+def _can_run(engine, key: Hashable, req: Request) -> bool:
+    """Uncoordinated mode: a decoder block runs a request only if its pool has room for it."""
+    if engine.cfg.coordinate_kv or key not in engine.kv.tables:
+        return True
+    table = engine.kv.tables[key]  # after a pass a block holds the request's whole context
+    return table.length(req.id) >= len(req.context) or table.can_append(req.id, len(req.feed))
+
+
+def pick(engine) -> Hashable | None:
+    """The block whose oldest queued (runnable) request has waited longest."""
+    best, best_t = None, None
+    for key, q in engine.queues.items():
+        for t, req in q:
+            if _can_run(engine, key, req):
+                if best_t is None or t < best_t:
+                    best, best_t = key, t
+                break
+    return best
+
+
+def _ensure_resident(engine, key: Hashable, req: Request) -> bool:
+    """Load the block (and a tied head's embedding) under the memory budget. True if cold."""
+    entry = req.chain[req.stage]
+    need = {key: engine.info[entry.block].nbytes}
+    embed_key = None
+    if isinstance(key, tuple) and len(key) == 3 and key[1] == "tied":
+        embed_key = engine.key(req.model, req.chain[0])
+        need[embed_key] = engine.info[req.chain[0].block].nbytes
+    load, evict = engine.residency.plan(need)
+    for k in evict:
+        engine.workers.pop(k, None)
+        engine.residency.remove(k)
+    for k in load:
+        e = entry if k == key else req.chain[0]
+        engine.worker(k, e, req.model)
+        engine.residency.add(k, need[k])
+    engine.residency.touch(need)
+    return bool(load)
+
+
+def take(engine, key: Hashable) -> list[Request]:
+    """Requests from the block's queue, oldest first, up to its token limit (at least one)."""
+    q = engine.queues[key]
+    head = next(r for _, r in q if _can_run(engine, key, r))
+    try:
+        cold = _ensure_resident(engine, key, head)
+    except OverBudget as e:
+        for _, r in list(q):
+            engine.abort(r, f"error: {e}")
+        return []
+    limit = engine.limits[key]
+    batch, tokens = [], 0
+    for item in list(q):
+        req = item[1]
+        n = len(req.feed)
+        if batch and tokens + n > limit:
+            break
+        if not _can_run(engine, key, req):
+            continue
+        if not engine.cfg.coordinate_kv and key in engine.kv.tables:
+            table = engine.kv.tables[key]
+            if table.length(req.id) < len(req.context):
+                table.append(req.id, n)
+        q.remove(item)
+        batch.append(req)
+        tokens += n
+        req.cold |= cold
+    engine.last_batch[key] = tokens
+    return batch
+
+
+def run_batch(engine, key: Hashable, reqs: list[Request]) -> None:
+    if not reqs:
+        return
+    worker = engine.workers[key]
+    if worker.kind == "embed":
+        inputs = [torch.tensor(r.feed, dtype=torch.long) for r in reqs]
+    else:
+        inputs = [r.hidden for r in reqs]
+    pool = table = seq = adapters = tied = None
+    if worker.kind == "decoder":
+        pool, table, seq = engine.pools[key], engine.kv.tables[key], [r.id for r in reqs]
+        ids = [r.chain[r.stage].adapter for r in reqs]
+        adapters = [engine.adapter(a) if a else None for a in ids] if any(ids) else None
+    if isinstance(key, tuple) and len(key) == 3 and key[1] == "tied":
+        tied = engine.workers[engine.key(reqs[0].model, reqs[0].chain[0])].module \
+            .embed_tokens.weight
+    outs = worker.run(inputs, pool, table, seq, adapters, tied)
+    epochs = [(r.preemptions, r.state) for r in reqs]
+    for req, out, (epoch, state) in zip(reqs, outs, epochs, strict=True):
+        if (req.preemptions, req.state) != (epoch, state):
+            continue  # preempted by an earlier request of this very batch: its output is void
+        if worker.kind == "head":
+            engine._after_head(req, out)
+        else:
+            req.hidden = out
+            req.stage += 1
+            engine._enqueue(req)
+
+
+def reenter(engine, req: Request) -> None:
+    """Back to the embedding for the next token. Coordinated: reserve one more slot in every
+    decoder block first, preempting the newest other holders if a pool is full."""
+    if not engine.cfg.coordinate_kv:
+        engine._enqueue(req)
+        return
+    keys = engine._decoder_keys(req)
+    while not engine.kv.reserve(req.id, keys, 1):
+        short = engine.kv.shortest(keys, req.id, 1)
+        victims = [engine.running[i] for k in short for i in engine.kv.holders(k)
+                   if i != req.id and i in engine.running]
+        if not victims:
+            engine.preempt(req)
+            return
+        engine.preempt(max(victims, key=lambda r: (r.arrival, r.id)))
+    engine._enqueue(req)

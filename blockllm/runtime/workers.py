@@ -1,0 +1,85 @@
+"""Block workers: the only runtime code that touches tensors on a device.
+
+A worker owns one block's module (and, for decoder blocks, its paged KV pool) and runs a batch
+of requests through it: token ids for the embedding, flattened hidden states for decoder and
+stitch blocks (with each request's LoRA adapter applied to its own rows), last-token logits
+for the head.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from blockllm.models.attention import AttnBatch
+from blockllm.models.chain import build_block
+from blockllm.models.config import LlamaConfig
+from blockllm.models.kv_cache import KVLayout, KVPool, PageTable
+from blockllm.models.lora import LoraAdapter, LoraSegments
+from blockllm.zoo.partition import Block
+
+
+class BlockWorker:
+    def __init__(self, cfg: LlamaConfig, block: Block, device: torch.device, dtype: torch.dtype):
+        self.cfg, self.kind, self.device = cfg, block.kind, device
+        self.module = build_block(cfg, block.kind, block.tensors, device=device, dtype=dtype,
+                                  n_layers=block.signature.get("n_layers", 0),
+                                  tied_embedding=torch.empty(0))
+        self.nbytes = block.nbytes
+        self.dtype = dtype
+
+    @torch.inference_mode()
+    def run(self, inputs: list[torch.Tensor], pool: KVPool | None = None,
+            table: PageTable | None = None, seq_ids: list[int] | None = None,
+            adapters: list[LoraAdapter | None] | None = None,
+            tied_weight: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """One batched call. inputs[i]: ids (n_i,) or hidden (n_i, h). Returns per-request
+        outputs: hidden (n_i, h), or for the head the logits of each last token (vocab,)."""
+        lens = [x.shape[0] for x in inputs]
+        x = torch.cat(inputs).to(self.device)
+        if self.kind == "embed":
+            y = self.module(x)
+        elif self.kind == "head":
+            if tied_weight is not None:
+                self.module.tied_weight = tied_weight
+            last = torch.tensor(lens, device=self.device).cumsum(0) - 1
+            return list(self.module(x[last]).float().cpu())
+        elif self.kind == "stitch":
+            y = self.module(x)
+        else:
+            batch = AttnBatch.describe(table, seq_ids, lens, self.device)
+            lora = LoraSegments.per_sequence(adapters, lens) if adapters else None
+            y = self.module(x, pool, batch, lora)
+        return list(y.split(lens))
+
+
+def new_pool(cfg: LlamaConfig, n_layers: int, pages: int, page_size: int, dtype: torch.dtype,
+             device: torch.device) -> KVPool:
+    return KVPool(KVLayout(n_layers, pages, page_size, cfg.num_key_value_heads, cfg.head_dim),
+                  dtype, device)
+
+
+def profile_latency(worker: BlockWorker, sizes: tuple[int, ...] = (1, 8, 32, 128),
+                    repeats: int = 2) -> list[tuple[int, float]]:
+    """Seconds per call at each batch size (tokens), median of `repeats`, on dummy inputs."""
+    cfg, h = worker.cfg, worker.cfg.hidden_size
+    n_layers = len(worker.module.layers) if worker.kind == "decoder" else 0
+    pool = new_pool(cfg, n_layers, -(-max(sizes) // 16), 16, worker.dtype, worker.device) \
+        if worker.kind == "decoder" else None
+    tied = torch.zeros(cfg.vocab_size, h, dtype=worker.dtype, device=worker.device) \
+        if worker.kind == "head" and cfg.tie_word_embeddings else None
+    curve = []
+    for n in sizes:
+        times = []
+        for _ in range(repeats):
+            x = torch.zeros(n, dtype=torch.long) if worker.kind == "embed" else \
+                torch.zeros(n, h, dtype=worker.dtype)
+            table = PageTable(pool.layout.num_pages, 16) if pool is not None else None
+            if table is not None:
+                table.append(0, n)
+            t = time.perf_counter()
+            worker.run([x], pool, table, [0], None, tied)
+            times.append(time.perf_counter() - t)
+        curve.append((n, sorted(times)[len(times) // 2]))
+    return curve
