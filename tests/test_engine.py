@@ -1,0 +1,142 @@
+"""The block-chain engine: exact outputs under every mechanism setting, sharing, preemption."""
+
+import pytest
+
+from blockllm.runtime.batch_policy import batch_limit
+from blockllm.runtime.config import EngineConfig
+from blockllm.runtime.engine import Engine
+from blockllm.runtime.kv_manager import KVManager
+from blockllm.runtime.residency import OverBudget, Residency
+from blockllm.zoo.ingest import add_source, chain_model
+from blockllm.zoo.store import Zoo
+from tests.conftest import tiny_source
+from tests.test_lora import make_adapter_dir
+from tests.test_zoo import partial_finetune
+
+PROMPTS = [[5, 17, 99], [3, 44, 7, 8], [250, 9, 1, 2, 3], [60]]
+N = 24
+
+
+@pytest.fixture(scope="module")
+def zoo4(tmp_path_factory):
+    """base + a partial fine-tune + a LoRA variant + an unrelated model: 4 chains, shared blocks."""
+    root = tmp_path_factory.mktemp("engine")
+    zoo = Zoo(root / "zoo")
+    base = tiny_source(seed=0)
+    add_source(zoo, base, "base")
+    add_source(zoo, partial_finetune(base, 1, seed=5), "ft")
+    from blockllm.zoo.ingest import add
+    add(zoo, str(make_adapter_dir(base, root / "lora", seed=2)), "lora", base="base")
+    add_source(zoo, tiny_source(seed=9, tie_word_embeddings=True), "other")
+    ref = {m: [chain_model(zoo, m).generate([p], N, stop_ids=())[0] for p in PROMPTS]
+           for m in zoo.models()}
+    return zoo, ref
+
+
+def _run_all(zoo, cfg):
+    eng = Engine(zoo, zoo.models(), cfg)
+    reqs = [(m, i, eng.submit(m, p, max_tokens=N, stop_ids=frozenset()))
+            for i, p in enumerate(PROMPTS) for m in zoo.models()]  # interleaved: mixed batches
+    steps = 0
+    while eng.has_work():
+        eng.step()
+        steps += 1
+        assert steps < 20000, "no progress"
+    return eng, reqs
+
+
+PAGE = 2 * 16 * 2 * 16 * 4  # bytes of one KV page of the tiny config (fp32)
+
+
+@pytest.mark.parametrize("cfg", [
+    EngineConfig(),
+    EngineConfig(share_blocks=False),
+    EngineConfig(batch_tokens=3),
+    EngineConfig(kv_budget=12 * 3 * PAGE),  # pools too small: preemption must kick in
+    EngineConfig(kv_budget=12 * 3 * PAGE, coordinate_kv=False),
+    EngineConfig(memory_budget=400_000),  # not every block fits: LRU eviction, reloads
+], ids=["default", "no-sharing", "batch3", "tiny-kv", "tiny-kv-uncoordinated", "tiny-memory"])
+def test_engine_outputs_equal_the_reference_for_every_model(zoo4, cfg):
+    zoo, ref = zoo4
+    eng, reqs = _run_all(zoo, cfg)
+    for m, i, r in reqs:
+        assert r.finish_reason == "length"
+        assert r.output == ref[m][i], (m, i)
+    if cfg.kv_budget < 10_000_000:
+        assert eng.counters["preemptions"] > 0, "the small pools were meant to force preemption"
+    if not cfg.coordinate_kv:
+        assert eng.counters["deadlocks"] > 0
+    elif cfg.kv_budget < 10_000_000:
+        assert eng.counters["deadlocks"] == 0, "coordinated KV never deadlocks"
+    if cfg.memory_budget < 1_000_000:
+        assert eng.residency.evictions > 0 and eng.residency.used <= cfg.memory_budget
+    for t in eng.kv.tables.values():
+        assert t.free_pages == t.num_pages, "every page is returned"
+
+
+def test_shared_blocks_batch_requests_of_several_models(zoo4):
+    zoo, _ = zoo4
+    eng, _ = _run_all(zoo, EngineConfig())
+    base_embed = zoo.chain("base")[0].block
+    assert eng.counters["steps"] < sum(len(zoo.chain(m)) for m in zoo.models()) * N * len(PROMPTS)
+    assert base_embed in eng.workers, "base, ft and lora share one embedding worker"
+    shared = Engine(zoo, zoo.models(), EngineConfig())
+    alone = Engine(zoo, zoo.models(), EngineConfig(share_blocks=False))
+    assert len(shared.kv.tables) < len(alone.kv.tables)
+
+
+def test_stop_tokens_abort_and_bad_requests(zoo4):
+    from blockllm.errors import UserError
+    zoo, ref = zoo4
+    eng = Engine(zoo, ["base"], EngineConfig())
+    first = ref["base"][0][0]
+    r = eng.submit("base", PROMPTS[0], max_tokens=N, stop_ids=frozenset({first}))
+    keep = eng.submit("base", PROMPTS[1], max_tokens=N, stop_ids=frozenset())
+    gone = eng.submit("base", PROMPTS[2], max_tokens=N, stop_ids=frozenset())
+    eng.step()
+    eng.abort(gone)
+    while eng.has_work():
+        eng.step()
+    assert r.output == [first] and r.finish_reason == "stop"
+    assert gone.finish_reason == "abort" and keep.output == ref["base"][1]
+    with pytest.raises(UserError, match="not served"):
+        eng.submit("ft", [1, 2], max_tokens=2)
+    with pytest.raises(UserError, match="context length"):
+        eng.submit("base", [1] * 500, max_tokens=20)
+    with pytest.raises(UserError, match="empty"):
+        eng.submit("base", [], max_tokens=2)
+
+
+def test_kv_manager_reserves_all_or_nothing():
+    kv = KVManager({"a": 2, "b": 1}, page_size=4)
+    assert kv.reserve(1, ["a", "b"], 4)
+    assert not kv.reserve(2, ["a", "b"], 1), "b is full"
+    assert kv.used_pages("a") == 1 and kv.tables["a"].length(2) == 0
+    assert kv.shortest(["a", "b"], 2, 1) == ["b"] and kv.holders("b") == [1]
+    assert kv.reserve(2, ["a"], 4)
+    kv.free(1)
+    assert kv.used_pages("b") == 0 and kv.used_pages("a") == 1
+
+
+def test_batch_limit_policy():
+    curve = [(1, 0.010), (8, 0.012), (32, 0.020), (128, 0.070)]
+    assert batch_limit(curve, target_s=0.015) == 8
+    assert batch_limit(curve, target_s=0.001) == 1, "never below the smallest batch"
+    assert batch_limit(curve, target_s=1.0) == 128
+    # throughputs 100, 667, 1600, 1829 tokens/s: 1600 is 87% of the best
+    assert batch_limit(curve) == 128
+    assert batch_limit(curve, knee_fraction=0.85) == 32
+    assert batch_limit(curve, knee_fraction=0.3) == 8
+
+
+def test_residency_lru_plans():
+    r = Residency(100)
+    for k in ("a", "b", "c"):
+        r.add(k, 30)
+    r.touch(["a"])  # order now b, c, a
+    load, evict = r.plan({"d": 30})
+    assert load == ["d"] and evict == ["b"]
+    load, evict = r.plan({"d": 50}, pinned=["b"])
+    assert evict == ["c", "a"]
+    with pytest.raises(OverBudget):
+        r.plan({"e": 101})
