@@ -99,7 +99,8 @@ class ModelRow:
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    con = sqlite3.connect(str(path), isolation_level=None, timeout=30)  # explicit BEGIN/COMMIT
+    # explicit BEGIN/COMMIT; the engine thread reads blocks too (serialized by the engine lock)
+    con = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=False)
     con.execute("PRAGMA foreign_keys = ON")
     con.execute("PRAGMA journal_mode = DELETE")  # one file: the manifest is easy to copy/share
     con.execute("PRAGMA synchronous = FULL")

@@ -1,0 +1,55 @@
+"""`blockllm serve`: the OpenAI-compatible server over the block-chain engine."""
+
+from __future__ import annotations
+
+import click
+
+from blockllm.cli import user_errors
+from blockllm.cli.format import parse_bytes
+
+
+@click.command()
+@click.option("--zoo", "zoo_dir", default=None, type=click.Path(file_okay=False))
+@click.option("--models", required=True, help="Comma-separated zoo models to serve.")
+@click.option("--memory-budget", default="4GiB", show_default=True,
+              help="Block weights resident on the device at once.")
+@click.option("--kv-budget", default="512MiB", show_default=True, help="KV cache bytes.")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--dtype", default="float32", show_default=True,
+              type=click.Choice(["float32", "bfloat16", "float16"]))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--no-sharing", is_flag=True, help="Ablation: every model its own blocks.")
+@click.option("--no-kv-coordination", is_flag=True, help="Ablation: per-block KV reservation.")
+@click.option("--batch-tokens", default=None, type=click.IntRange(1),
+              help="Ablation: a fixed batch limit for every block instead of profiled ones.")
+@click.option("--equivalence", is_flag=True,
+              help="Serve measured equivalent chains within each model's accuracy budget.")
+@user_errors
+def serve(zoo_dir, models, memory_budget, kv_budget, device, dtype, host, port, no_sharing,
+          no_kv_coordination, batch_tokens, equivalence):
+    """Serve zoo models over HTTP (OpenAI API: /v1/completions, /v1/chat/completions)."""
+    import uvicorn
+
+    from blockllm.errors import UserError
+    from blockllm.runtime.config import EngineConfig
+    from blockllm.runtime.engine import Engine
+    from blockllm.server.app import create_app
+    from blockllm.server.async_engine import AsyncEngine
+    from blockllm.zoo.store import Zoo
+
+    try:
+        cfg = EngineConfig(device=device, dtype=dtype, memory_budget=parse_bytes(memory_budget),
+                           kv_budget=parse_bytes(kv_budget), share_blocks=not no_sharing,
+                           coordinate_kv=not no_kv_coordination, batch_tokens=batch_tokens,
+                           use_equivalence=equivalence)
+    except ValueError as e:
+        raise UserError(f"bad engine setting: {e}") from e
+    zoo = Zoo(zoo_dir)
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    engine = Engine(zoo, names, cfg)
+    tokenizers = {m: zoo.tokenizer(m) for m in names}
+    aengine = AsyncEngine(engine)
+    aengine.start()
+    click.echo(f"serving {', '.join(names)} on http://{host}:{port}", err=True)
+    uvicorn.run(create_app(aengine, tokenizers), host=host, port=port, log_level="warning")

@@ -1,0 +1,173 @@
+"""The HTTP API: /v1/completions, /v1/chat/completions (SSE streaming), /v1/models, /health,
+/metrics. Errors use OpenAI's body: {"error": {"message", "type", "param", "code"}}."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from blockllm.errors import UserError
+from blockllm.models.sampling import SamplingParams
+from blockllm.server.async_engine import AsyncEngine
+from blockllm.server.metrics import Metrics
+from blockllm.server.protocol import ChatRequest, CompletionRequest
+
+
+def error(status: int, message: str, kind: str = "invalid_request_error", param=None):
+    return JSONResponse(status_code=status, content={"error": {
+        "message": message, "type": kind, "param": param, "code": status}})
+
+
+def create_app(aengine: AsyncEngine, tokenizers: dict) -> FastAPI:
+    app = FastAPI(title="blockllm", docs_url=None, redoc_url=None)
+    metrics = Metrics(aengine)
+    engine = aengine.engine
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        return error(400, f"{loc or 'body'}: {first.get('msg', 'invalid request')}", param=loc)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_, exc: HTTPException):
+        return error(exc.status_code, str(exc.detail), "not_found_error"
+                     if exc.status_code == 404 else "invalid_request_error")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok" if aengine.error is None else "degraded"}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models():
+        data = []
+        with aengine.lock:
+            for name, chain in engine.chains.items():
+                keys = [engine.key(name, e) for e in chain]
+                data.append({"id": name, "object": "model", "owned_by": "blockllm",
+                             "blocks": len(chain),
+                             "resident_blocks": sum(engine.residency.resident(k) for k in keys)})
+        return {"object": "list", "data": data}
+
+    async def _generate(body, prompt_ids: list[int], chat: bool):
+        tok = tokenizers[body.model]
+        stops = body.stop_list()
+        params = SamplingParams(temperature=body.temperature, top_p=body.top_p,
+                                top_k=body.top_k, seed=body.seed)
+        cfg = engine.models[body.model]
+        max_tokens = body.max_tokens or max(1, cfg.max_position_embeddings - len(prompt_ids))
+        req, q = aengine.submit(body.model, prompt_ids, params, max_tokens)
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+
+        async def events():
+            """(delta text, finish_reason or None), applying stop strings."""
+            ids, sent, finish = [], "", None
+            try:
+                while finish is None:
+                    kind, value = await q.get()
+                    if kind == "finish":
+                        finish = "length" if value == "length" else "stop"
+                        if value and value.startswith("error"):
+                            raise RuntimeError(value)
+                    else:
+                        ids.append(value)
+                    text = tok.decode([t for t in ids if t not in req.stop_ids],
+                                      skip_special_tokens=True)
+                    if finish is None and text.endswith("\ufffd"):
+                        continue  # an incomplete UTF-8 sequence: wait for the next token
+                    cut = min((text.find(s) for s in stops if s in text), default=-1)
+                    if cut >= 0:
+                        text, finish = text[:cut], "stop"
+                        aengine.abort(req)
+                    if len(text) > len(sent) or finish:
+                        yield text[len(sent):], finish
+                        sent = text
+            finally:
+                if finish is None:
+                    aengine.abort(req)  # the client went away: free its KV and queue slots
+
+        def chunk(delta: str, finish):
+            if chat:
+                return {"id": rid, "object": "chat.completion.chunk", "created": created,
+                        "model": body.model, "choices": [{"index": 0, "delta": {
+                            "role": "assistant", "content": delta}, "finish_reason": finish}]}
+            return {"id": rid, "object": "text_completion", "created": created,
+                    "model": body.model, "choices": [{"index": 0, "text": delta,
+                                                      "finish_reason": finish,
+                                                      "logprobs": None}]}
+
+        usage = lambda: {"prompt_tokens": len(prompt_ids), "completion_tokens": len(req.output),
+                         "total_tokens": len(prompt_ids) + len(req.output)}
+        if body.stream:
+            async def sse():
+                try:
+                    async for delta, finish in events():
+                        yield f"data: {json.dumps(chunk(delta, finish))}\n\n"
+                except RuntimeError as e:
+                    yield f"data: {json.dumps({'error': {'message': str(e), 'code': 500}})}\n\n"
+                yield "data: [DONE]\n\n"
+            return StreamingResponse(sse(), media_type="text/event-stream")
+        text, finish = "", None
+        try:
+            async for delta, finish in events():
+                text += delta
+        except RuntimeError as e:
+            return error(500, str(e), "server_error")
+        if chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text},
+                      "finish_reason": finish}
+            return {"id": rid, "object": "chat.completion", "created": created,
+                    "model": body.model, "choices": [choice], "usage": usage()}
+        return {"id": rid, "object": "text_completion", "created": created, "model": body.model,
+                "choices": [{"index": 0, "text": text, "finish_reason": finish,
+                             "logprobs": None}], "usage": usage()}
+
+    def _check_model(name: str):
+        if name not in engine.models:
+            raise UserError(f"model {name!r} does not exist; served: {', '.join(engine.models)}")
+
+    @app.exception_handler(UserError)
+    async def _user(_, exc: UserError):
+        status = 404 if "does not exist" in str(exc) else 400
+        return error(status, str(exc), "not_found_error" if status == 404 else
+                     "invalid_request_error")
+
+    @app.exception_handler(ValueError)
+    async def _value(_, exc: ValueError):
+        return error(400, str(exc))
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest):
+        _check_model(body.model)
+        tok = tokenizers[body.model]
+        ids = list(body.prompt) if isinstance(body.prompt, list) else tok.encode(body.prompt)
+        vocab = engine.models[body.model].vocab_size
+        if any(not 0 <= i < vocab for i in ids):
+            raise UserError(f"prompt token ids must be in [0, {vocab})")
+        return await _generate(body, ids, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: ChatRequest):
+        _check_model(body.model)
+        tok = tokenizers[body.model]
+        ids = tok.apply_chat_template([m.model_dump() for m in body.messages], tokenize=True,
+                                      add_generation_prompt=True)
+        ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        return await _generate(body, ids, chat=True)
+
+    @app.on_event("shutdown")
+    def _shutdown():
+        aengine.stop()
+
+    return app

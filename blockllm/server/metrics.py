@@ -1,0 +1,74 @@
+"""/metrics in Prometheus text format: per-block queues, batches, KV pages; residency; latency."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from blockllm.runtime.request import Request
+
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+def _label(key) -> str:
+    if isinstance(key, tuple):
+        return "/".join(str(k)[:12] for k in key)
+    return str(key)[:12]
+
+
+class _EngineCollector:
+    def __init__(self, aengine):
+        self.aengine = aengine
+
+    def collect(self):
+        eng = self.aengine.engine
+        with self.aengine.lock:
+            queue = GaugeMetricFamily("blockllm_block_queue_depth", "requests queued at a block",
+                                      labels=["block"])
+            for k, q in eng.queues.items():
+                queue.add_metric([_label(k)], len(q))
+            batch = GaugeMetricFamily("blockllm_block_batch_tokens",
+                                      "tokens in the block's last batch", labels=["block"])
+            for k, n in eng.last_batch.items():
+                batch.add_metric([_label(k)], n)
+            limit = GaugeMetricFamily("blockllm_block_batch_limit_tokens",
+                                      "the block's batch limit", labels=["block"])
+            for k, n in eng.limits.items():
+                limit.add_metric([_label(k)], n)
+            pages = GaugeMetricFamily("blockllm_kv_pages_used", "KV pages in use",
+                                      labels=["block"])
+            for k in eng.kv.tables:
+                pages.add_metric([_label(k)], eng.kv.used_pages(k))
+            yield queue
+            yield batch
+            yield limit
+            yield pages
+            yield GaugeMetricFamily("blockllm_resident_bytes", "block weight bytes on the device",
+                                    value=eng.residency.used)
+            yield GaugeMetricFamily("blockllm_requests_running", "admitted requests",
+                                    value=len(eng.running))
+            yield GaugeMetricFamily("blockllm_requests_waiting", "requests not yet admitted",
+                                    value=len(eng.waiting))
+            for name, value in eng.counters.items():
+                yield CounterMetricFamily(f"blockllm_{name}", f"engine {name}", value=value)
+
+
+class Metrics:
+    def __init__(self, aengine):
+        self.registry = CollectorRegistry()
+        self.registry.register(_EngineCollector(aengine))
+        self.e2e = Histogram("blockllm_request_latency_seconds", "arrival to last token",
+                             ["model", "cold"], buckets=_BUCKETS, registry=self.registry)
+        self.ttft = Histogram("blockllm_time_to_first_token_seconds", "arrival to first token",
+                              ["model", "cold"], buckets=_BUCKETS, registry=self.registry)
+        aengine.finish_hooks.append(self.observe)
+
+    def observe(self, req: Request) -> None:
+        if not req.token_times:
+            return
+        labels = (req.model, str(req.cold).lower())
+        self.ttft.labels(*labels).observe(req.token_times[0] - req.arrival)
+        self.e2e.labels(*labels).observe(req.token_times[-1] - req.arrival)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,153 @@
+"""The OpenAI-compatible server, as a real process on localhost, driven by the openai client."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from baselines.hf_reference import hf_greedy, hf_model
+from blockllm.zoo.export import export_source
+from blockllm.zoo.ingest import add, add_source
+from blockllm.zoo.store import Zoo
+from tests.conftest import tiny_source
+from tests.test_lora import make_adapter_dir
+from tests.test_zoo import partial_finetune
+
+PROMPTS = ["The river", "hello world", "ab", "Once upon"]
+N = 16
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("server")
+    zoo = Zoo(root / "zoo")
+    base = tiny_source(seed=0)
+    add_source(zoo, base, "base")
+    add_source(zoo, partial_finetune(base, 1, seed=5), "ft")
+    add(zoo, str(make_adapter_dir(base, root / "lora", seed=2)), "lora", base="base")
+    add_source(zoo, tiny_source(seed=9, tie_word_embeddings=True), "other")
+    models = zoo.models()
+    # the reference: transformers generate() on the weights the zoo stores (peft-merged LoRA)
+    expected = {}
+    for m in models:
+        src = export_source(zoo, m)
+        ref, tok = hf_model(src, merge_adapter=True), zoo.tokenizer(m)
+        for p in PROMPTS:
+            ids = hf_greedy(ref, tok.encode(p), N)
+            if 2 in ids:  # the server stops at EOS (id 2) like generate() would
+                ids = ids[: ids.index(2)]
+            expected[m, p] = tok.decode(ids)
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "blockllm.cli", "serve", "--zoo",
+                             str(root / "zoo"), "--models", ",".join(models), "--port",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError(proc.stderr.read().decode())
+    yield url, models, expected
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_openai_client_greedy_equals_transformers_concurrently(server):
+    from openai import OpenAI
+    url, models, expected = server
+    client = OpenAI(base_url=url + "/v1", api_key="unused")
+    jobs = [(m, p) for p in PROMPTS for m in models]
+
+    def one(job):
+        m, p = job
+        r = client.completions.create(model=m, prompt=p, max_tokens=N, temperature=0)
+        return r.choices[0].text
+
+    with ThreadPoolExecutor(len(jobs)) as pool:  # all models at once: they batch together
+        texts = list(pool.map(one, jobs))
+    for job, text in zip(jobs, texts):
+        assert text == expected[job], job
+
+
+def test_streaming_and_chat(server):
+    from openai import OpenAI
+    url, models, expected = server
+    client = OpenAI(base_url=url + "/v1", api_key="unused")
+    stream = client.completions.create(model="lora", prompt=PROMPTS[0], max_tokens=N,
+                                       temperature=0, stream=True)
+    chunks = [c.choices[0].text for c in stream]
+    assert len(chunks) > 1 and "".join(chunks) == expected["lora", PROMPTS[0]]
+    chat = client.chat.completions.create(model="base", messages=[
+        {"role": "user", "content": "hi"}], max_tokens=5, temperature=0)
+    assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens >= 1
+    listed = {m.id for m in client.models.list().data}
+    assert listed == set(models)
+
+
+def test_stop_strings_and_sampling_seed(server):
+    url, _, expected = server
+    full = expected["base", PROMPTS[1]]
+    stop = full[3:5]
+    body = {"model": "base", "prompt": PROMPTS[1], "max_tokens": N, "temperature": 0,
+            "stop": [stop]}
+    r = httpx.post(url + "/v1/completions", json=body, timeout=60).json()
+    assert r["choices"][0]["text"] == full[: full.find(stop)]
+    assert r["choices"][0]["finish_reason"] == "stop"
+    sampled = {"model": "ft", "prompt": "x", "max_tokens": 8, "temperature": 1.0, "seed": 7}
+    a = httpx.post(url + "/v1/completions", json=sampled, timeout=60).json()
+    b = httpx.post(url + "/v1/completions", json=sampled, timeout=60).json()
+    assert a["choices"][0]["text"] == b["choices"][0]["text"]
+
+
+@pytest.mark.parametrize("body,status,word", [
+    ({"model": "nope", "prompt": "x"}, 404, "does not exist"),
+    ({"model": "base", "prompt": "x", "max_tokens": -1}, 400, "max_tokens"),
+    ({"model": "base", "prompt": "x", "max_tokens": 10**9}, 400, "max_tokens"),
+    ({"model": "base", "prompt": "x" * 600}, 400, "context length"),
+    ({"model": "base", "prompt": ""}, 400, "prompt"),
+    ({"model": "base", "prompt": "x", "temperature": -1}, 400, "temperature"),
+    ({"model": "base", "prompt": "x", "top_p": 0}, 400, "top_p"),
+    ({"model": "base", "prompt": 5}, 400, "prompt"),
+    ({"model": "base"}, 400, "prompt"),
+    ({"model": "base", "prompt": [1, 99999]}, 400, "token ids"),
+    ({"model": "base", "prompt": "x", "n": 3}, 400, "n"),
+    ({"model": "base", "prompt": "x", "stop": [""]}, 400, "stop"),
+])
+def test_bad_requests_get_openai_errors_and_the_server_stays_up(server, body, status, word):
+    url, _, _ = server
+    r = httpx.post(url + "/v1/completions", json=body, timeout=60)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert word in err["message"] and err["code"] == status
+    assert httpx.get(url + "/health").status_code == 200
+
+
+def test_malformed_json_unknown_route_and_metrics(server):
+    url, _, _ = server
+    r = httpx.post(url + "/v1/completions", content=b"{not json",
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "error" in r.json()
+    assert httpx.get(url + "/v1/nothing").status_code == 404
+    text = httpx.get(url + "/metrics").text
+    for name in ("blockllm_block_queue_depth", "blockllm_kv_pages_used", "blockllm_resident_bytes",
+                 "blockllm_request_latency_seconds_bucket", "blockllm_block_batch_tokens"):
+        assert name in text, name
+    used = [float(line.split()[-1]) for line in text.splitlines()
+            if line.startswith("blockllm_kv_pages_used")]
+    assert used and sum(used) == 0, "finished requests hold no KV pages"
+    json.loads(json.dumps(httpx.get(url + "/v1/models").json()))
