@@ -140,3 +140,32 @@ def test_residency_lru_plans():
     assert evict == ["c", "a"]
     with pytest.raises(OverBudget):
         r.plan({"e": 101})
+
+
+def test_engine_serves_measured_equivalent_chains_within_budget(tmp_path):
+    """With equivalence on, a near-copy's unique block is swapped for the base's (measured,
+    within budget), so the near-copy's requests batch with the base's in that block."""
+    from blockllm.zoo.calibration import calibration_set
+    from blockllm.zoo.equivalence import evaluate_model
+    from blockllm.zoo.evidence import save_evidence
+    from blockllm.zoo.substitution import measure_options
+    zoo = Zoo(tmp_path / "zoo")
+    base = tiny_source(seed=0)
+    add_source(zoo, base, "base")
+    t = {k: (v * 1.0005 if k.startswith("model.layers.1.") else v) for k, v in base.tensors.items()}
+    add_source(zoo, type(base)(base.config, t, "near", tokenizer_loader=base.tokenizer_loader),
+               "near")
+    calib = calibration_set(zoo.tokenizer("near"), n_text=1, n_task=1, seq_len=16)
+    save_evidence(zoo, evaluate_model(zoo, "near", calib, False), calib.hash)
+    opts = {o.label: o for o in measure_options(zoo, "near", calib.hash, 4, (0.05,), False)}
+    assert opts["t=0.05"].chain == tuple(zoo.chain("base"))
+    plain = Engine(zoo, ["base", "near"], EngineConfig())
+    assert plain.submit("near", [5, 6], max_tokens=2).chain == tuple(zoo.chain("near"))
+    eng = Engine(zoo, ["base", "near"], EngineConfig(use_equivalence=True))
+    r = eng.submit("near", [5, 6], max_tokens=2)
+    assert r.chain == tuple(zoo.chain("base"))
+    from blockllm.zoo.evidence import set_budget
+    set_budget(zoo, "near", -0.0)
+    if opts["t=0.05"].drop_points > 0:  # a zero budget forbids any measured drop
+        assert Engine(zoo, ["near"], EngineConfig(use_equivalence=True)).submit(
+            "near", [5], max_tokens=1).chain == tuple(zoo.chain("near"))

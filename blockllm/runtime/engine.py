@@ -125,8 +125,10 @@ class Engine:
     def _assemble(self, model: str) -> tuple[ChainEntry, ...]:
         if not self.options.get(model):
             return self.chains[model]
-        from blockllm.zoo.assembly import assemble
-        resident = frozenset(k for k in self.residency.keys() if isinstance(k, str))
+        from blockllm.zoo.assembly import assemble, chain_blocks
+        # blocks resident now, or needed by the other served models anyway, cost nothing extra
+        others = set().union(*(chain_blocks(c) for m, c in self.chains.items() if m != model))
+        resident = frozenset(k for k in self.residency.keys() if isinstance(k, str)) | others
         load = {k: float(len(q)) for k, q in self.queues.items() if isinstance(k, str)}
         sizes = {b: r.nbytes for b, r in self.info.items()}
         opts = [("exact", self.chains[model], 0.0)] + [
