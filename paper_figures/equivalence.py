@@ -6,8 +6,9 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
+
+from paper_figures._save import main, save
 
 
 def draw(results: Path, out_dir: Path) -> list[Path]:
@@ -42,16 +43,8 @@ def draw(results: Path, out_dir: Path) -> list[Path]:
         axes[2].set(xlabel="", ylabel="task score", title="Stitching vs plain swap")
         axes[2].tick_params(axis="x", labelsize=7)
     fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"equivalence.{ext}" for ext in ("png", "pdf")]
-    for p in paths:
-        fig.savefig(p, dpi=130)
-    plt.close(fig)
-    return paths
+    return save(fig, out_dir, "equivalence")
 
 
 if __name__ == "__main__":
-    res = Path(sys.argv[1] if len(sys.argv) > 1 else "results/equivalence.json")
-    out = Path(sys.argv[2] if len(sys.argv) > 2 else "paper_figures/out")
-    for p in draw(res, out):
-        print(p)
+    main(draw, "results/equivalence.json")

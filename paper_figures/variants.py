@@ -6,8 +6,9 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
+
+from paper_figures._save import main, save
 
 
 def draw(results: Path, out_dir: Path) -> list[Path]:
@@ -37,16 +38,8 @@ def draw(results: Path, out_dir: Path) -> list[Path]:
     sns.barplot(storage, x="layout", y="GiB", ax=ax2, color="C2")
     ax2.set(xlabel="", title=f"Storage of {st['models']} models")
     fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"variants.{ext}" for ext in ("png", "pdf")]
-    for p in paths:
-        fig.savefig(p, dpi=130)
-    plt.close(fig)
-    return paths
+    return save(fig, out_dir, "variants")
 
 
 if __name__ == "__main__":
-    res = Path(sys.argv[1] if len(sys.argv) > 1 else "results/variants.json")
-    out = Path(sys.argv[2] if len(sys.argv) > 2 else "paper_figures/out")
-    for p in draw(res, out):
-        print(p)
+    main(draw, "results/variants.json")

@@ -10,8 +10,7 @@ from blockllm.runtime.residency import OverBudget, Residency
 from blockllm.zoo.ingest import add_source, chain_model
 from blockllm.zoo.store import Zoo
 from tests.conftest import tiny_source
-from tests.test_lora import make_adapter_dir
-from tests.test_zoo import partial_finetune
+from tests.test_zoo import four_model_zoo
 
 PROMPTS = [[5, 17, 99], [3, 44, 7, 8], [250, 9, 1, 2, 3], [60]]
 N = 24
@@ -19,15 +18,7 @@ N = 24
 
 @pytest.fixture(scope="module")
 def zoo4(tmp_path_factory):
-    """base + a partial fine-tune + a LoRA variant + an unrelated model: 4 chains, shared blocks."""
-    root = tmp_path_factory.mktemp("engine")
-    zoo = Zoo(root / "zoo")
-    base = tiny_source(seed=0)
-    add_source(zoo, base, "base")
-    add_source(zoo, partial_finetune(base, 1, seed=5), "ft")
-    from blockllm.zoo.ingest import add
-    add(zoo, str(make_adapter_dir(base, root / "lora", seed=2)), "lora", base="base")
-    add_source(zoo, tiny_source(seed=9, tie_word_embeddings=True), "other")
+    zoo = four_model_zoo(tmp_path_factory.mktemp("engine"))
     ref = {m: [chain_model(zoo, m).generate([p], N, stop_ids=())[0] for p in PROMPTS]
            for m in zoo.models()}
     return zoo, ref

@@ -12,11 +12,7 @@ import pytest
 
 from baselines.hf_reference import hf_greedy, hf_model
 from blockllm.zoo.export import export_source
-from blockllm.zoo.ingest import add, add_source
-from blockllm.zoo.store import Zoo
-from tests.conftest import tiny_source
-from tests.test_lora import make_adapter_dir
-from tests.test_zoo import partial_finetune
+from tests.test_zoo import four_model_zoo
 
 PROMPTS = ["The river", "hello world", "ab", "Once upon"]
 N = 16
@@ -31,12 +27,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("server")
-    zoo = Zoo(root / "zoo")
-    base = tiny_source(seed=0)
-    add_source(zoo, base, "base")
-    add_source(zoo, partial_finetune(base, 1, seed=5), "ft")
-    add(zoo, str(make_adapter_dir(base, root / "lora", seed=2)), "lora", base="base")
-    add_source(zoo, tiny_source(seed=9, tie_word_embeddings=True), "other")
+    zoo = four_model_zoo(root)
     models = zoo.models()
     # the reference: transformers generate() on the weights the zoo stores (peft-merged LoRA)
     expected = {}

@@ -146,3 +146,16 @@ def test_killed_add_leaves_zoo_as_it_was(tmp_path, point):
     assert zoo.verify() == []
     add_source(zoo, tiny_source(seed=9), "victim")  # and the add can simply be redone
     assert "victim" in zoo.models()
+
+
+def four_model_zoo(root):
+    """base + a partial fine-tune + a LoRA variant + an unrelated tied model: shared blocks."""
+    from blockllm.zoo.ingest import add
+    from tests.test_lora import make_adapter_dir
+    zoo = Zoo(root / "zoo")
+    base = tiny_source(seed=0)
+    add_source(zoo, base, "base")
+    add_source(zoo, partial_finetune(base, 1, seed=5), "ft")
+    add(zoo, str(make_adapter_dir(base, root / "lora", seed=2)), "lora", base="base")
+    add_source(zoo, tiny_source(seed=9, tie_word_embeddings=True), "other")
+    return zoo

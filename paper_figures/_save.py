@@ -1,0 +1,24 @@
+"""Saving a figure as PNG and PDF, and the command-line entry every figure module shares."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+
+def save(fig, out_dir: Path, name: str) -> list[Path]:
+    import matplotlib.pyplot as plt
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.{ext}" for ext in ("png", "pdf")]
+    for p in paths:
+        fig.savefig(p, dpi=130)
+    plt.close(fig)
+    return paths
+
+
+def main(draw: Callable[[Path, Path], list[Path]], default_results: str) -> None:
+    res = Path(sys.argv[1] if len(sys.argv) > 1 else default_results)
+    out = Path(sys.argv[2] if len(sys.argv) > 2 else "paper_figures/out")
+    for p in draw(res, out):
+        print(p)
