@@ -46,7 +46,9 @@ PAGE = 2 * 16 * 2 * 16 * 4  # bytes of one KV page of the tiny config (fp32)
     EngineConfig(kv_budget=12 * 3 * PAGE),  # pools too small: preemption must kick in
     EngineConfig(kv_budget=12 * 3 * PAGE, coordinate_kv=False),
     EngineConfig(memory_budget=400_000),  # not every block fits: LRU eviction, reloads
-], ids=["default", "no-sharing", "batch3", "tiny-kv", "tiny-kv-uncoordinated", "tiny-memory"])
+    EngineConfig(share_blocks=False, residency_unit="model", memory_budget=600_000),
+], ids=["default", "no-sharing", "batch3", "tiny-kv", "tiny-kv-uncoordinated", "tiny-memory",
+        "per-model-baseline"])
 def test_engine_outputs_equal_the_reference_for_every_model(zoo4, cfg):
     zoo, ref = zoo4
     eng, reqs = _run_all(zoo, cfg)

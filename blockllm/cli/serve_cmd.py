@@ -25,9 +25,12 @@ from blockllm.cli.format import parse_bytes
               help="Ablation: a fixed batch limit for every block instead of profiled ones.")
 @click.option("--equivalence", is_flag=True,
               help="Serve measured equivalent chains within each model's accuracy budget.")
+@click.option("--baseline", type=click.Choice(["per-model"]), default=None,
+              help="Serve as a baseline instead: per-model = whole models, no sharing, "
+                   "whole-model LRU under the same budget.")
 @user_errors
 def serve(zoo_dir, models, memory_budget, kv_budget, device, dtype, host, port, no_sharing,
-          no_kv_coordination, batch_tokens, equivalence):
+          no_kv_coordination, batch_tokens, equivalence, baseline):
     """Serve zoo models over HTTP (OpenAI API: /v1/completions, /v1/chat/completions)."""
     import uvicorn
 
@@ -43,6 +46,9 @@ def serve(zoo_dir, models, memory_budget, kv_budget, device, dtype, host, port, 
                            kv_budget=parse_bytes(kv_budget), share_blocks=not no_sharing,
                            coordinate_kv=not no_kv_coordination, batch_tokens=batch_tokens,
                            use_equivalence=equivalence)
+        if baseline == "per-model":
+            from baselines.per_model import per_model_config
+            cfg = per_model_config(cfg)
     except ValueError as e:
         raise UserError(f"bad engine setting: {e}") from e
     zoo = Zoo(zoo_dir)

@@ -19,9 +19,14 @@ class EngineConfig:
     #                                        None picks the knee of the throughput curve
     use_equivalence: bool = False  # serve measured equivalent chains within each model's budget
     max_waiting: int = 1024  # requests queued before admission; more are refused (backpressure)
+    residency_unit: str = "block"  # block | model: load and evict whole models (per-model baseline)
 
     def __post_init__(self):
         if self.page_size < 1 or self.kv_budget <= 0 or self.memory_budget <= 0:
             raise ValueError("page_size, kv_budget and memory_budget must be positive")
         if self.batch_tokens is not None and self.batch_tokens < 1:
             raise ValueError("batch_tokens must be >= 1")
+        if self.residency_unit not in ("block", "model"):
+            raise ValueError("residency_unit is block or model")
+        if self.residency_unit == "model" and self.share_blocks:
+            raise ValueError("whole-model residency is the per-model baseline: share_blocks=False")

@@ -56,20 +56,20 @@ def pick(engine) -> Hashable | None:
 
 
 def _ensure_resident(engine, key: Hashable, req: Request) -> bool:
-    """Load the block (and a tied head's embedding) under the memory budget. True if cold."""
-    entry = req.chain[req.stage]
-    need = {key: engine.info[entry.block].nbytes}
-    embed_key = None
+    """Load the block (and a tied head's embedding) under the memory budget. True if cold.
+
+    With whole-model residency (the per-model baseline) the unit is the request's whole chain."""
+    entries = list(req.chain) if engine.cfg.residency_unit == "model" else [req.chain[req.stage]]
+    need = {engine.key(req.model, e): engine.info[e.block].nbytes for e in entries}
     if isinstance(key, tuple) and len(key) == 3 and key[1] == "tied":
-        embed_key = engine.key(req.model, req.chain[0])
-        need[embed_key] = engine.info[req.chain[0].block].nbytes
+        need[engine.key(req.model, req.chain[0])] = engine.info[req.chain[0].block].nbytes
+    by_key = {engine.key(req.model, e): e for e in req.chain}
     load, evict = engine.residency.plan(need)
     for k in evict:
         engine.workers.pop(k, None)
         engine.residency.remove(k)
     for k in load:
-        e = entry if k == key else req.chain[0]
-        engine.worker(k, e, req.model)
+        engine.worker(k, by_key[k], req.model)
         engine.residency.add(k, need[k])
     engine.residency.touch(need)
     return bool(load)
