@@ -27,12 +27,14 @@ def main() -> None:
 
 
 def _register() -> None:
+    from blockllm.cli.bench_cmd import bench
     from blockllm.cli.generate_cmd import generate
     from blockllm.cli.serve_cmd import serve
     from blockllm.cli.zoo_cmd import zoo
     main.add_command(zoo)
     main.add_command(generate)
     main.add_command(serve)
+    main.add_command(bench)
 
 
 _register()

@@ -1,0 +1,105 @@
+"""Run one system on one trace: start its server on localhost, replay, sample, stop, record.
+
+Each results file (JSON lines: one header line with the config and environment, then one line
+per request, then one line of utilization samples) carries its config, git commit, device,
+package versions and seed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import platform
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+
+import httpx
+
+from experiments.harness import Sampler, replay
+
+SYSTEMS = {  # name -> extra `blockllm serve` arguments
+    "blockllm": [],
+    "per_model": ["--baseline", "per-model"],
+    "no_sharing": ["--no-sharing"],
+    "no_kv_coordination": ["--no-kv-coordination"],
+    "fixed_batch": ["--batch-tokens", "8"],
+    "equivalence": ["--equivalence"],
+}
+
+
+def environment() -> dict:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    pkgs = {}
+    for p in ("torch", "transformers", "fastapi", "uvicorn", "peft", "safetensors"):
+        try:
+            pkgs[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            pkgs[p] = None
+    import torch
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor()
+    return {"commit": commit, "python": platform.python_version(), "packages": pkgs,
+            "device": device or platform.machine(), "cpus": __import__("os").cpu_count()}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_system(system: str, trace: dict, zoo: str | None, serve_args: list[str],
+               out: Path, label: dict) -> Path:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "blockllm.cli", "serve", "--models", ",".join(trace["models"]),
+           "--port", str(port), *serve_args, *SYSTEMS[system]]
+    if zoo:
+        cmd += ["--zoo", zoo]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"{system} server did not start: "
+                                   f"{proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.2)
+        sampler = Sampler(proc.pid)
+        sampler.start()
+        t0 = time.perf_counter()
+        recs = asyncio.run(replay(url, trace))
+        wall = time.perf_counter() - t0
+        samples = sampler.stop()
+        server_metrics = httpx.get(url + "/metrics", timeout=10).text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    header = {"system": system, **label, "trace_config": trace["config"], "wall_s": wall,
+              "serve_args": serve_args + SYSTEMS[system], "sampler": sampler.kind,
+              "env": environment(),
+              "preemptions": _metric(server_metrics, "blockllm_preemptions_total"),
+              "cold_loads": _metric(server_metrics, "blockllm_cold_loads_total")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as f:
+        f.write(json.dumps({"header": header}) + "\n")
+        for r in recs:
+            f.write(json.dumps({"request": {**asdict(r), "tpot": r.tpot}}) + "\n")
+        f.write(json.dumps({"samples": samples}) + "\n")
+    return out
+
+
+def _metric(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None

@@ -1,0 +1,40 @@
+"""Summaries of results files with pandas: latency percentiles, throughput, utilization."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+
+def load(path: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
+    header, reqs, samples = {}, [], []
+    for line in path.read_text().splitlines():
+        d = json.loads(line)
+        if "header" in d:
+            header = d["header"]
+        elif "request" in d:
+            reqs.append(d["request"])
+        else:
+            samples = d["samples"]
+    return header, pd.DataFrame(reqs), pd.DataFrame(samples)
+
+
+def summarize(path: Path) -> dict:
+    h, df, s = load(path)
+    ok = df[df["status"] == "ok"]
+    row = {"system": h["system"], **{k: v for k, v in h.items() if k in ("rate", "cv", "n_models",
+                                                                          "experiment")},
+           "requests": len(df), "ok": len(ok), "tokens_per_s": ok["tokens"].sum() / h["wall_s"],
+           "util_mean": float(s["util"].mean()) if len(s) else None,
+           "mem_peak": float(s["mem"].max()) if len(s) else None, "sampler": h["sampler"],
+           "preemptions": h.get("preemptions"), "cold_loads": h.get("cold_loads")}
+    for col in ("ttft", "tpot", "e2e"):
+        for q in (50, 95, 99):
+            row[f"{col}_p{q}"] = float(ok[col].quantile(q / 100)) if len(ok) else None
+    return row
+
+
+def table(paths: list[Path]) -> pd.DataFrame:
+    return pd.DataFrame([summarize(p) for p in paths])
