@@ -44,11 +44,14 @@ def _can_run(engine, key: Hashable, req: Request) -> bool:
 
 
 def pick(engine) -> Hashable | None:
-    """The block whose oldest queued (runnable) request has waited longest."""
+    """The block whose oldest queued (runnable) request has waited longest; a block that would
+    have to be loaded first counts its requests as `load_penalty_s` younger."""
     best, best_t = None, None
     for key, q in engine.queues.items():
         for t, req in q:
             if _can_run(engine, key, req):
+                if not engine.residency.resident(key):
+                    t += engine.cfg.load_penalty_s
                 if best_t is None or t < best_t:
                     best, best_t = key, t
                 break
