@@ -20,8 +20,9 @@ class EngineConfig:
     use_equivalence: bool = False  # serve measured equivalent chains within each model's budget
     max_waiting: int = 1024  # requests queued before admission; more are refused (backpressure)
     residency_unit: str = "block"  # block | model: load and evict whole models (per-model baseline)
-    load_penalty_s: float = 1.0  # the scheduler treats work on a non-resident block as this much
-    #                              younger, so resident blocks go first without starving the rest
+    load_penalty_s: float = 1.0  # per 128 MiB that must be loaded first, the scheduler treats
+    #                              that work as this much younger: resident blocks (or models)
+    #                              go first, and nothing waits forever
 
     def __post_init__(self):
         if self.page_size < 1 or self.kv_budget <= 0 or self.memory_budget <= 0:

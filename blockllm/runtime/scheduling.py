@@ -51,11 +51,19 @@ def pick(engine) -> Hashable | None:
         for t, req in q:
             if _can_run(engine, key, req):
                 if not engine.residency.resident(key):
-                    t += engine.cfg.load_penalty_s
+                    t += engine.cfg.load_penalty_s * _missing_bytes(engine, key, req) / 2**27
                 if best_t is None or t < best_t:
                     best, best_t = key, t
                 break
     return best
+
+
+def _missing_bytes(engine, key: Hashable, req: Request) -> int:
+    """Bytes that running `key` for `req` would load: the block, or its whole model."""
+    if engine.cfg.residency_unit != "model":
+        return engine.info[req.chain[req.stage].block].nbytes
+    return sum(engine.info[e.block].nbytes for e in req.chain
+               if not engine.residency.resident(engine.key(req.model, e)))
 
 
 def _ensure_resident(engine, key: Hashable, req: Request) -> bool:
