@@ -109,6 +109,10 @@ class PageTable:
     def length(self, seq_id: int) -> int:
         return self._lens.get(seq_id, 0)
 
+    def sequences(self) -> list[int]:
+        """Sequences holding at least one page, sorted."""
+        return sorted(s for s, p in self._pages.items() if p)
+
     def pages(self, seq_id: int) -> list[int]:
         return list(self._pages.get(seq_id, ()))
 

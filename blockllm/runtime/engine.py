@@ -24,6 +24,7 @@ from blockllm.runtime.config import EngineConfig
 from blockllm.runtime.kv_manager import KVManager
 from blockllm.runtime.request import Request, State
 from blockllm.runtime.residency import Residency
+from blockllm.runtime.scheduling import admit, pick, reenter, run_batch, take
 from blockllm.runtime.workers import BlockWorker, new_pool, profile_latency
 from blockllm.zoo.partition import ChainEntry
 from blockllm.zoo.store import Zoo
@@ -153,31 +154,18 @@ class Engine:
 
     def step(self) -> None:
         """Admit what fits, then run one block's batch. No-op when idle."""
-        self._admit()
-        key = self._pick()
+        admit(self)
+        key = pick(self)
         if key is None:
             if self.running:  # everything is stuck waiting for KV (uncoordinated mode)
                 self._break_deadlock()
             return
-        batch = self._take(key)
-        self._run(key, batch)
+        run_batch(self, key, take(self, key))
         self.counters["steps"] += 1
 
     def _enqueue(self, req: Request) -> None:
         key = self.key(req.model, req.chain[req.stage])
         self.queues.setdefault(key, deque()).append((time.perf_counter(), req))
-
-    def _admit(self) -> None:
-        from blockllm.runtime.scheduling import admit
-        admit(self)
-
-    def _pick(self) -> Hashable | None:
-        from blockllm.runtime.scheduling import pick
-        return pick(self)
-
-    def _take(self, key: Hashable) -> list[Request]:
-        from blockllm.runtime.scheduling import take
-        return take(self, key)
 
     def _break_deadlock(self) -> None:
         victim = max(self.running.values(), key=lambda r: r.arrival)
@@ -196,10 +184,6 @@ class Engine:
         self.waiting.appendleft(req)
         self.counters["preemptions"] += 1
 
-    def _run(self, key: Hashable, reqs: list[Request]) -> None:
-        from blockllm.runtime.scheduling import run_batch
-        run_batch(self, key, reqs)
-
     def _after_head(self, req: Request, logits: torch.Tensor) -> None:
         token = sample(logits, req.params, req.generator)
         req.output.append(token)
@@ -212,7 +196,6 @@ class Engine:
         if len(req.output) >= req.max_tokens or len(req.context) >= limit:
             return self._finish(req, "length")
         req.feed, req.stage, req.hidden = [token], 0, None
-        from blockllm.runtime.scheduling import reenter
         reenter(self, req)
 
     def _finish(self, req: Request, reason: str) -> None:

@@ -37,7 +37,7 @@ class KVManager:
 
     def holders(self, key: Hashable) -> list[int]:
         """Requests holding pages in block `key`."""
-        return sorted(r for r in self.tables[key]._pages if self.tables[key]._pages[r])
+        return self.tables[key].sequences()
 
     def free(self, req: int, keys: Sequence[Hashable] | None = None) -> None:
         for k in (self.tables if keys is None else keys):
