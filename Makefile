@@ -35,19 +35,21 @@ variants:
 	$(BIN)/blockllm zoo make-variants
 
 # Every experiment that exists so far, at the scale this machine supports, then every figure.
-# (Issue 6 is still open: the hf_generate baseline and experiments 2 and 4-6 are not built yet.)
+# (Issue 6 is still open: the hf_generate baseline and experiments 4-6 are not built yet.)
 SCALE ?= $(if $(HAS_GPU),gpu-full,cpu-small)
 reproduce:
 	$(BIN)/blockllm zoo make-variants --n-eval 50
 	$(BIN)/blockllm zoo equivalence --n-eval 50 --stitch smollm2-arith-full:smollm2:16
 	$(BIN)/python -m benchmarks.sharing --budget 1.5GiB
 	$(BIN)/blockllm bench run latency_vs_rate --scale $(SCALE) --out results/runs
+	$(BIN)/blockllm bench run footprint --scale $(SCALE) --out results/runs
 	$(MAKE) figures
 
 figures:
 	$(BIN)/python -m paper_figures.variants
 	$(BIN)/python -m paper_figures.equivalence
 	$(BIN)/python -m paper_figures.latency_vs_rate
+	$(BIN)/python -m paper_figures.footprint
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from experiments.configs import CONFIGS
+from experiments.configs import SERVING
 from tests.test_zoo import four_model_zoo
 
 
-@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("config", SERVING)
 def test_experiment_toy_run_and_figure(tmp_path, config):
     zoo = four_model_zoo(tmp_path)
     mod = importlib.import_module(f"experiments.configs.{config}")
@@ -28,3 +28,17 @@ def test_experiment_toy_run_and_figure(tmp_path, config):
     fig = importlib.import_module(f"paper_figures.{config}")
     assert all(x.stat().st_size > 1000 for x in fig.draw(out, tmp_path / "fig"))
 
+
+
+def test_footprint_toy_run_and_figure(tmp_path):
+    from experiments.configs import footprint
+    from paper_figures.footprint import draw
+    [path] = footprint.run("toy", tmp_path / "r")
+    rows = json.loads(path.read_text())["rows"]
+    by = {(r["kind"], r["variants"]): r for r in rows}
+    base = rows[0]["base_bytes"]
+    for n in (1, 2, 3):
+        assert by["full", n]["zoo_bytes"] == by["full", n]["per_model_bytes"] == (n + 1) * base
+        assert by["partial", n]["zoo_bytes"] < by["partial", n]["per_model_bytes"]
+        assert by["lora", n]["zoo_bytes"] < by["partial", n]["zoo_bytes"]
+    assert all(x.stat().st_size > 1000 for x in draw(tmp_path / "r", tmp_path / "fig"))
