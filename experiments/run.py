@@ -22,13 +22,16 @@ import httpx
 
 from experiments.harness import Sampler, replay
 
-SYSTEMS = {  # name -> extra `blockllm serve` arguments
-    "blockllm": [],
-    "per_model": ["--baseline", "per-model"],
-    "no_sharing": ["--no-sharing"],
-    "no_kv_coordination": ["--no-kv-coordination"],
-    "fixed_batch": ["--batch-tokens", "8"],
-    "equivalence": ["--equivalence"],
+SERVE = ["-m", "blockllm.cli", "serve"]
+SYSTEMS = {  # name -> the server command after `python`; every one takes --models, --port,
+    #          --memory-budget, --kv-budget and --zoo
+    "blockllm": SERVE,
+    "per_model": SERVE + ["--baseline", "per-model"],
+    "hf_generate": ["-m", "baselines.hf_generate"],
+    "no_sharing": SERVE + ["--no-sharing"],
+    "no_kv_coordination": SERVE + ["--no-kv-coordination"],
+    "fixed_batch": SERVE + ["--batch-tokens", "8"],
+    "equivalence": SERVE + ["--equivalence"],
 }
 
 
@@ -56,8 +59,8 @@ def _free_port() -> int:
 def run_system(system: str, trace: dict, zoo: str | None, serve_args: list[str],
                out: Path, label: dict) -> Path:
     port = _free_port()
-    cmd = [sys.executable, "-m", "blockllm.cli", "serve", "--models", ",".join(trace["models"]),
-           "--port", str(port), *serve_args, *SYSTEMS[system]]
+    cmd = [sys.executable, *SYSTEMS[system], "--models", ",".join(trace["models"]),
+           "--port", str(port), *serve_args]
     if zoo:
         cmd += ["--zoo", zoo]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -85,7 +88,7 @@ def run_system(system: str, trace: dict, zoo: str | None, serve_args: list[str],
         proc.terminate()
         proc.wait(timeout=30)
     header = {"system": system, **label, "trace_config": trace["config"], "wall_s": wall,
-              "serve_args": serve_args + SYSTEMS[system], "sampler": sampler.kind,
+              "command": SYSTEMS[system] + serve_args, "sampler": sampler.kind,
               "env": environment(),
               "preemptions": _metric(server_metrics, "blockllm_preemptions_total"),
               "cold_loads": _metric(server_metrics, "blockllm_cold_loads_total")}

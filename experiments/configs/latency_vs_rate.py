@@ -1,4 +1,5 @@
-"""Experiment 1: p95 latency and utilization vs request rate, blockllm vs per-model serving.
+"""Experiment 1: p95 latency and utilization vs request rate: blockllm vs per-model serving
+(and transformers generate(), static batching, at toy scale so far).
 
 Same trace (per rate), same memory and KV budgets, servers started on localhost by the harness.
 """
@@ -26,7 +27,8 @@ class Scale:
 
 
 SCALES = {
-    "toy": Scale(6, (2.0, 8.0), (4, 6), "64MiB", "16MiB"),
+    "toy": Scale(6, (2.0, 8.0), (4, 6), "64MiB", "16MiB",
+                 ("blockllm", "per_model", "hf_generate")),
     "cpu-small": Scale(24, (0.5, 1.0, 2.0), (8, 16), "1.5GiB", "256MiB"),
     "gpu-full": Scale(256, (1.0, 2.0, 4.0, 8.0, 16.0), (32, 128), "40GiB", "16GiB"),
 }

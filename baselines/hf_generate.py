@@ -1,0 +1,163 @@
+"""The reference point users know: transformers `generate()` behind the same OpenAI API.
+
+Static batching: a worker thread takes the requests of one model that arrived within a short
+window (up to `--max-batch`), left-pads them and runs one greedy/sampled `generate()` call; the
+whole batch finishes together. Models are loaded whole from the zoo (exported to transformers,
+LoRA merged with peft) and evicted least recently used under the same memory budget. A streamed
+response arrives as a single chunk when its batch is done, as such a server behaves.
+
+    python -m baselines.hf_generate --zoo DIR --models a,b --port P [--memory-budget 4GiB]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import threading
+import time
+import uuid
+from collections import OrderedDict
+
+import click
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+
+class HFServer:
+    def __init__(self, zoo, models: list[str], budget: int, max_batch: int, window_s: float):
+        self.zoo, self.models, self.budget = zoo, models, budget
+        self.max_batch, self.window_s = max_batch, window_s
+        self.loaded: OrderedDict[str, tuple] = OrderedDict()  # name -> (model, bytes)
+        self.tokenizers = {m: zoo.tokenizer(m) for m in models}
+        self.inbox: queue.Queue = queue.Queue()
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _model(self, name: str):
+        from baselines.hf_reference import hf_model
+        from blockllm.zoo.export import export_source
+        if name in self.loaded:
+            self.loaded.move_to_end(name)
+            return self.loaded[name][0]
+        src = export_source(self.zoo, name)
+        size = sum(t.numel() * t.element_size() for t in src.tensors.values())
+        while self.loaded and sum(b for _, b in self.loaded.values()) + size > self.budget:
+            self.loaded.popitem(last=False)
+        model = hf_model(src, merge_adapter=True)
+        self.loaded[name] = (model, size)
+        return model
+
+    def _loop(self) -> None:
+        while True:
+            first = self.inbox.get()
+            batch, deadline = [first], time.perf_counter() + self.window_s
+            rest = []
+            while len(batch) < self.max_batch and time.perf_counter() < deadline:
+                try:
+                    item = self.inbox.get(timeout=max(0.0, deadline - time.perf_counter()))
+                except queue.Empty:
+                    break
+                (batch if item["model"] == first["model"] else rest).append(item)
+            for item in rest:
+                self.inbox.put(item)
+            try:
+                self._run(batch)
+            except Exception as e:  # report to every caller of the batch, keep serving
+                for item in batch:
+                    item["done"](None, f"error: {e!r}")
+
+    @torch.inference_mode()
+    def _run(self, batch: list[dict]) -> None:
+        model = self._model(batch[0]["model"])
+        tok = self.tokenizers[batch[0]["model"]]
+        ids = [tok.encode(b["prompt"]) for b in batch]
+        width = max(len(i) for i in ids)
+        pad = model.generation_config.pad_token_id or 0
+        x = torch.tensor([[pad] * (width - len(i)) + i for i in ids])
+        mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
+        out = model.generate(x, attention_mask=mask, do_sample=False,
+                             max_new_tokens=max(b["max_tokens"] for b in batch))
+        for b, row in zip(batch, out[:, width:].tolist()):
+            eos = set(self.zoo.config(b["model"]).eos_token_ids)
+            new = []
+            for t in row[: b["max_tokens"]]:
+                if t in eos:
+                    break
+                new.append(t)
+            b["done"](tok.decode(new, skip_special_tokens=True), "length"
+                      if len(new) == b["max_tokens"] else "stop")
+
+
+def create_app(server: HFServer) -> FastAPI:
+    app = FastAPI(title="hf_generate baseline")
+
+    def error(status, message):
+        return JSONResponse(status_code=status, content={"error": {
+            "message": message, "type": "invalid_request_error", "param": None,
+            "code": status}})
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": m, "object": "model"} for m in server.models]}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        try:
+            body = await request.json()
+            model, prompt = body["model"], body["prompt"]
+            max_tokens = int(body.get("max_tokens", 16))
+        except (ValueError, KeyError, TypeError) as e:
+            return error(400, f"bad request: {e!r}")
+        if model not in server.models:
+            return error(404, f"model {model!r} does not exist")
+        if not isinstance(prompt, str) or not prompt or max_tokens < 1:
+            return error(400, "prompt must be a non-empty string and max_tokens >= 1")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        server.inbox.put({"model": model, "prompt": prompt, "max_tokens": max_tokens,
+                          "done": lambda text, why: loop.call_soon_threadsafe(
+                              fut.set_result, (text, why))})
+        text, why = await fut
+        if text is None:
+            return error(500, why)
+        rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        choice = {"index": 0, "text": text, "finish_reason": why, "logprobs": None}
+        if body.get("stream"):
+            async def sse():
+                yield "data: " + json.dumps({"id": rid, "object": "text_completion",
+                                             "created": created, "model": model,
+                                             "choices": [choice]}) + "\n\n"
+                yield "data: [DONE]\n\n"
+            return StreamingResponse(sse(), media_type="text/event-stream")
+        return {"id": rid, "object": "text_completion", "created": created, "model": model,
+                "choices": [choice]}
+
+    return app
+
+
+@click.command()
+@click.option("--zoo", "zoo_dir", default=None)
+@click.option("--models", required=True)
+@click.option("--port", default=8001, type=int)
+@click.option("--host", default="127.0.0.1")
+@click.option("--memory-budget", default="4GiB")
+@click.option("--kv-budget", default=None, help="Accepted for a uniform harness; unused.")
+@click.option("--max-batch", default=8, type=int)
+@click.option("--window", default=0.05, type=float, help="Seconds to gather a batch.")
+def main(zoo_dir, models, port, host, memory_budget, kv_budget, max_batch, window):
+    import uvicorn
+
+    from blockllm.cli.format import parse_bytes
+    from blockllm.zoo.store import Zoo
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    server = HFServer(Zoo(zoo_dir), names, parse_bytes(memory_budget), max_batch, window)
+    uvicorn.run(create_app(server), host=host, port=port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
