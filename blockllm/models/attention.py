@@ -7,6 +7,7 @@ are (T, hidden). Sequence b contributes `query_lens[b]` tokens, and after the st
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import torch
@@ -25,11 +26,13 @@ class AttnBatch:
     page_tables: torch.Tensor  # (B, max_pages) long, padded with page 0
     mask: torch.Tensor | None  # (B, 1, max_q, max_ctx) bool, None when no masking is needed
     fresh_prefill: bool  # one sequence whose whole context is new: causal attention on the fly
-    _rope: dict = field(default_factory=dict, repr=False)  # (inv_freq, dtype) -> (cos, sin)
+    _rope: dict = field(default_factory=dict, repr=False)  # (rope key, dtype) -> (cos, sin)
 
-    def rope(self, inv_freq: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin (T, head_dim) of this step's positions; computed once per distinct RoPE."""
-        key = (tuple(inv_freq.tolist()), dtype)
+    def rope(self, inv_freq: torch.Tensor, dtype: torch.dtype, rope_key: Hashable
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (T, head_dim) of this step's positions; computed once per distinct RoPE
+        (`rope_key` names the RoPE config that produced `inv_freq`)."""
+        key = (rope_key, dtype)
         if key not in self._rope:
             self._rope[key] = cos_sin(inv_freq, self.positions, dtype)
         return self._rope[key]

@@ -89,10 +89,10 @@ class ChainModel:
     def reserve(self, total_tokens: int) -> None:
         """Size every pool for `total_tokens` tokens of KV (frees whatever was cached)."""
         pages = -(-total_tokens // self.page_size)
-        self.table = PageTable(pages, self.page_size)
-        if self.pools and self.pools[0].layout.num_pages >= pages:
+        if self.pools and self.pools[0].layout.num_pages >= pages:  # reuse the bigger pools
             self.table = PageTable(self.pools[0].layout.num_pages, self.page_size)
             return
+        self.table = PageTable(pages, self.page_size)
         self.pools = [KVPool(KVLayout(len(d.layers), pages, self.page_size,
                                       self.cfg.num_key_value_heads, self.cfg.head_dim),
                              self.dtype, self.device) for d in self.decoders]

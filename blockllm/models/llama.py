@@ -147,7 +147,9 @@ class DecoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, pool: KVPool, batch: AttnBatch,
                 lora: LoraSegments | None = None) -> torch.Tensor:
-        cos, sin = batch.rope(self.inv_freq, x.dtype)
+        cfg = self.cfg
+        cos, sin = batch.rope(self.inv_freq, x.dtype,
+                              (cfg.rope_theta, cfg.rope_scaling, cfg.head_dim))
         for j, layer in enumerate(self.layers):
             x = layer(x, cos, sin, pool, j, batch, lora)
         return x

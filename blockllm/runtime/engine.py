@@ -40,10 +40,7 @@ class Engine:
         self.chains = {m: tuple(zoo.chain(m)) for m in models}
         self.info = {}  # block id -> BlockRow
         for chain in self.chains.values():
-            for e in chain:
-                for b in (e.block, e.adapter):
-                    if b and b not in self.info:
-                        self.info[b] = zoo.block_info(b)
+            self._register(chain)
         self.options = self._load_options() if config.use_equivalence else {}
         dec_keys = {self.key(m, e) for m in models for e in self._all_entries(m)
                     if self.info[e.block].kind == "decoder"}
@@ -92,11 +89,14 @@ class Engine:
             out[m] = [(o.label, o.chain, o.drop_points) for o in load_options(self.zoo, m)
                       if o.drop_points <= b]
             for _, chain, _ in out[m]:
-                for e in chain:
-                    for bid in (e.block, e.adapter):
-                        if bid and bid not in self.info:
-                            self.info[bid] = self.zoo.block_info(bid)
+                self._register(chain)
         return out
+
+    def _register(self, chain) -> None:
+        for e in chain:
+            for bid in (e.block, e.adapter):
+                if bid and bid not in self.info:
+                    self.info[bid] = self.zoo.block_info(bid)
 
     def _decoder_keys(self, req: Request) -> list[Hashable]:
         return [self.key(req.model, e) for e in req.chain if self.info[e.block].kind == "decoder"]
@@ -139,10 +139,7 @@ class Engine:
     def abort(self, req: Request, reason: str = "abort") -> None:
         if req.state is State.FINISHED:
             return
-        for q in self.queues.values():
-            for item in list(q):
-                if item[1] is req:
-                    q.remove(item)
+        self._dequeue(req)
         if req in self.waiting:
             self.waiting.remove(req)
         self._finish(req, reason)
@@ -163,6 +160,18 @@ class Engine:
         run_batch(self, key, take(self, key))
         self.counters["steps"] += 1
 
+    def _dequeue(self, req: Request) -> None:
+        for q in self.queues.values():
+            for item in list(q):
+                if item[1] is req:
+                    q.remove(item)
+
+    def tied_embed_key(self, key: Hashable, req: Request) -> Hashable | None:
+        """For a tied head's key, the key of the embedding block its logits need."""
+        if isinstance(key, tuple) and len(key) == 3 and key[1] == "tied":
+            return self.key(req.model, req.chain[0])
+        return None
+
     def _enqueue(self, req: Request) -> None:
         key = self.key(req.model, req.chain[req.stage])
         self.queues.setdefault(key, deque()).append((time.perf_counter(), req))
@@ -174,10 +183,7 @@ class Engine:
 
     def preempt(self, req: Request) -> None:
         """Recompute preemption: free all its KV, send it back to wait; it loses no tokens."""
-        for q in self.queues.values():
-            for item in list(q):
-                if item[1] is req:
-                    q.remove(item)
+        self._dequeue(req)
         self.kv.free(req.id)
         self.running.pop(req.id, None)
         req.restart()

@@ -72,8 +72,9 @@ def _ensure_resident(engine, key: Hashable, req: Request) -> bool:
     With whole-model residency (the per-model baseline) the unit is the request's whole chain."""
     entries = list(req.chain) if engine.cfg.residency_unit == "model" else [req.chain[req.stage]]
     need = {engine.key(req.model, e): engine.info[e.block].nbytes for e in entries}
-    if isinstance(key, tuple) and len(key) == 3 and key[1] == "tied":
-        need[engine.key(req.model, req.chain[0])] = engine.info[req.chain[0].block].nbytes
+    embed_key = engine.tied_embed_key(key, req)
+    if embed_key is not None:
+        need[embed_key] = engine.info[req.chain[0].block].nbytes
     by_key = {engine.key(req.model, e): e for e in req.chain}
     load, evict = engine.residency.plan(need)
     for k in evict:
@@ -130,9 +131,9 @@ def run_batch(engine, key: Hashable, reqs: list[Request]) -> None:
         pool, table, seq = engine.pools[key], engine.kv.tables[key], [r.id for r in reqs]
         ids = [r.chain[r.stage].adapter for r in reqs]
         adapters = [engine.adapter(a) if a else None for a in ids] if any(ids) else None
-    if isinstance(key, tuple) and len(key) == 3 and key[1] == "tied":
-        tied = engine.workers[engine.key(reqs[0].model, reqs[0].chain[0])].module \
-            .embed_tokens.weight
+    embed_key = engine.tied_embed_key(key, reqs[0])
+    if embed_key is not None:
+        tied = engine.workers[embed_key].module.embed_tokens.weight
     outs = worker.run(inputs, pool, table, seq, adapters, tied)
     epochs = [(r.preemptions, r.state) for r in reqs]
     for req, out, (epoch, state) in zip(reqs, outs, epochs, strict=True):

@@ -12,7 +12,7 @@ from tqdm import tqdm
 from blockllm.variants.evaluate import perplexity, task_score
 from blockllm.variants.tasks import TASKS
 from blockllm.zoo import manifest as mf
-from blockllm.zoo.assembly import saved_bytes, substitution_chain
+from blockllm.zoo.assembly import chain_blocks, saved_bytes, substitution_chain
 from blockllm.zoo.evidence import ChainOption, load_evidence
 from blockllm.zoo.ingest import entries_model
 from blockllm.zoo.partition import ChainEntry
@@ -42,12 +42,7 @@ def measure_chain(zoo: Zoo, name: str, chain, n_eval: int, extra: dict | None = 
 
 
 def other_models_blocks(zoo: Zoo, name: str) -> set[str]:
-    out: set[str] = set()
-    for m in zoo.models():
-        if m != name:
-            for e in zoo.chain(m):
-                out |= {e.block} | ({e.adapter} if e.adapter else set())
-    return out
+    return set().union(*(chain_blocks(zoo.chain(m)) for m in zoo.models() if m != name))
 
 
 def measure_options(zoo: Zoo, name: str, calib_hash: str, n_eval: int = 50,
