@@ -65,7 +65,7 @@ class HFServer:
                 self._run(batch)
             except Exception as e:  # report to every caller of the batch, keep serving
                 for item in batch:
-                    item["done"](None, f"error: {e!r}")
+                    item["done"](None, f"error: {e!r}", None)
 
     @torch.inference_mode()
     def _run(self, batch: list[dict]) -> None:
@@ -78,15 +78,17 @@ class HFServer:
         mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
         out = model.generate(x, attention_mask=mask, do_sample=False,
                              max_new_tokens=max(b["max_tokens"] for b in batch))
-        for b, row in zip(batch, out[:, width:].tolist()):
+        for b, row, prompt in zip(batch, out[:, width:].tolist(), ids):
             eos = set(self.zoo.config(b["model"]).eos_token_ids)
             new = []
             for t in row[: b["max_tokens"]]:
                 if t in eos:
                     break
                 new.append(t)
+            usage = {"prompt_tokens": len(prompt), "completion_tokens": len(new),
+                     "total_tokens": len(prompt) + len(new)}
             b["done"](tok.decode(new, skip_special_tokens=True), "length"
-                      if len(new) == b["max_tokens"] else "stop")
+                      if len(new) == b["max_tokens"] else "stop", usage)
 
 
 def create_app(server: HFServer) -> FastAPI:
@@ -120,22 +122,24 @@ def create_app(server: HFServer) -> FastAPI:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         server.inbox.put({"model": model, "prompt": prompt, "max_tokens": max_tokens,
-                          "done": lambda text, why: loop.call_soon_threadsafe(
-                              fut.set_result, (text, why))})
-        text, why = await fut
+                          "done": lambda text, why, usage: loop.call_soon_threadsafe(
+                              fut.set_result, (text, why, usage))})
+        text, why, usage = await fut
         if text is None:
             return error(500, why)
         rid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         choice = {"index": 0, "text": text, "finish_reason": why, "logprobs": None}
         if body.get("stream"):
             async def sse():
-                yield "data: " + json.dumps({"id": rid, "object": "text_completion",
-                                             "created": created, "model": model,
-                                             "choices": [choice]}) + "\n\n"
+                head = {"id": rid, "object": "text_completion", "created": created,
+                        "model": model}
+                yield "data: " + json.dumps({**head, "choices": [choice]}) + "\n\n"
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    yield "data: " + json.dumps({**head, "choices": [], "usage": usage}) + "\n\n"
                 yield "data: [DONE]\n\n"
             return StreamingResponse(sse(), media_type="text/event-stream")
         return {"id": rid, "object": "text_completion", "created": created, "model": model,
-                "choices": [choice]}
+                "choices": [choice], "usage": usage}
 
     return app
 

@@ -27,7 +27,7 @@ class Record:
     ttft: float | None = None
     itl: list[float] = field(default_factory=list)  # inter-token latencies
     e2e: float | None = None
-    tokens: int = 0
+    tokens: int = 0  # completion tokens, as the server's usage reports them
     status: str = "ok"
 
     @property
@@ -40,7 +40,7 @@ async def _one(client: httpx.AsyncClient, url: str, req: dict, rec: Record, t0: 
     start = time.perf_counter()
     rec.sent = start - t0
     body = {"model": req["model"], "prompt": req["prompt"], "max_tokens": req["max_tokens"],
-            "temperature": 0, "stream": True}
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
     last = start
     try:
         async with client.stream("POST", url + "/v1/completions", json=body) as resp:
@@ -55,13 +55,15 @@ async def _one(client: httpx.AsyncClient, url: str, req: dict, rec: Record, t0: 
                 if "error" in chunk:
                     rec.status = "error: " + chunk["error"]["message"][:100]
                     continue
+                if not chunk["choices"]:  # the usage chunk: the server's own token count
+                    rec.tokens = chunk["usage"]["completion_tokens"]
+                    continue
                 now = time.perf_counter()
                 if chunk["choices"][0]["text"] or chunk["choices"][0]["finish_reason"] is None:
                     if rec.ttft is None:
                         rec.ttft = now - start
                     else:
                         rec.itl.append(now - last)
-                    rec.tokens += 1
                     last = now
         rec.e2e = time.perf_counter() - start
     except httpx.HTTPError as e:

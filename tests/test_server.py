@@ -83,6 +83,11 @@ def test_streaming_and_chat(server):
                                        temperature=0, stream=True)
     chunks = [c.choices[0].text for c in stream]
     assert len(chunks) > 1 and "".join(chunks) == expected["lora", PROMPTS[0]]
+    stream = client.completions.create(model="lora", prompt=PROMPTS[0], max_tokens=N,
+                                       temperature=0, stream=True,
+                                       stream_options={"include_usage": True})
+    *texts, last = list(stream)
+    assert last.choices == [] and last.usage.completion_tokens == N and texts
     chat = client.chat.completions.create(model="base", messages=[
         {"role": "user", "content": "hi"}], max_tokens=5, temperature=0)
     assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens >= 1

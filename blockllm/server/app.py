@@ -116,6 +116,9 @@ def create_app(aengine: AsyncEngine, tokenizers: dict) -> FastAPI:
                         yield f"data: {json.dumps(chunk(delta, finish))}\n\n"
                 except RuntimeError as e:
                     yield f"data: {json.dumps({'error': {'message': str(e), 'code': 500}})}\n\n"
+                if body.stream_options and body.stream_options.include_usage:
+                    last = {**chunk("", None), "choices": [], "usage": usage()}
+                    yield f"data: {json.dumps(last)}\n\n"
                 yield "data: [DONE]\n\n"
             return StreamingResponse(sse(), media_type="text/event-stream")
         text, finish = "", None

@@ -7,6 +7,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False  # a last chunk with no choices and the request's usage
+
+
 class _Common(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -18,6 +24,7 @@ class _Common(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
+    stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1)  # one choice per request
 
     def stop_list(self) -> list[str]:
