@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test test-fast bench variants reproduce figures clean
+.PHONY: setup test test-fast bench variants reproduce figures sharing clean
 
 setup: $(BIN)/python
 	@if [ "$(HAS_GPU)" = "1" ]; then echo "NVIDIA GPU found: installing the CUDA build of torch"; \
@@ -34,22 +34,24 @@ bench:
 variants:
 	$(BIN)/blockllm zoo make-variants
 
-# Every experiment that exists so far, at the scale this machine supports, then every figure.
-# (Issue 6 is still open: the hf_generate baseline and experiments 4-6 are not built yet.)
+# Every experiment at the scale this machine supports, then the summary, headline and figures.
+# A 2-core CPU machine runs cpu-small (SmolLM2 variants trained here first); a GPU runs gpu-full.
 SCALE ?= $(if $(HAS_GPU),gpu-full,cpu-small)
+EXPERIMENTS := accuracy latency_vs_rate footprint ablations scaling burstiness
 reproduce:
 	$(BIN)/blockllm zoo make-variants --n-eval 50
-	$(BIN)/blockllm zoo equivalence --n-eval 50 --stitch smollm2-arith-full:smollm2:16
-	$(BIN)/python -m benchmarks.sharing --budget 1.5GiB
-	$(BIN)/blockllm bench run latency_vs_rate --scale $(SCALE) --out results/runs
-	$(BIN)/blockllm bench run footprint --scale $(SCALE) --out results/runs
-	$(MAKE) figures
+	set -e; for e in $(EXPERIMENTS); do \
+		echo "== experiment $$e ($(SCALE)) $$(date +%T)"; \
+		$(BIN)/blockllm bench run $$e --scale $(SCALE) --out results/runs; done
+	$(BIN)/blockllm bench summary results/runs
+	$(BIN)/python -m experiments.headline results/runs results/headline.md
+	$(BIN)/blockllm figures --results results --out paper_figures/out
 
 figures:
-	$(BIN)/python -m paper_figures.variants
-	$(BIN)/python -m paper_figures.equivalence
-	$(BIN)/python -m paper_figures.latency_vs_rate
-	$(BIN)/python -m paper_figures.footprint
+	$(BIN)/blockllm figures --results results --out paper_figures/out
+
+sharing:
+	$(BIN)/python -m benchmarks.sharing --budget 1.5GiB
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks

@@ -45,8 +45,12 @@ async def _one(client: httpx.AsyncClient, url: str, req: dict, rec: Record, t0: 
     try:
         async with client.stream("POST", url + "/v1/completions", json=body) as resp:
             if resp.status_code != 200:
-                rec.status = f"http {resp.status_code}"
-                await resp.aread()
+                body = (await resp.aread()).decode(errors="replace")
+                try:
+                    body = json.loads(body)["error"]["message"]
+                except (ValueError, KeyError, TypeError):
+                    pass
+                rec.status = f"http {resp.status_code}: {body[:200]}"
                 return
             async for line in resp.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":

@@ -28,10 +28,12 @@ SYSTEMS = {  # name -> the server command after `python`; every one takes --mode
     "blockllm": SERVE,
     "per_model": SERVE + ["--baseline", "per-model"],
     "hf_generate": ["-m", "baselines.hf_generate"],
-    "no_sharing": SERVE + ["--no-sharing"],
-    "no_kv_coordination": SERVE + ["--no-kv-coordination"],
-    "fixed_batch": SERVE + ["--batch-tokens", "8"],
-    "equivalence": SERVE + ["--equivalence"],
+    # ablations: every mechanism on ("full"), then one off at a time
+    "full": SERVE + ["--equivalence"],
+    "no_equivalence": SERVE,
+    "no_sharing": SERVE + ["--equivalence", "--no-sharing"],
+    "no_kv_coordination": SERVE + ["--equivalence", "--no-kv-coordination"],
+    "fixed_batch": SERVE + ["--equivalence", "--batch-tokens", "256"],  # one limit for all blocks
 }
 
 

@@ -1,10 +1,13 @@
-"""Saving a figure as PNG and PDF, and the command-line entry every figure module shares."""
+"""Saving a figure as PNG and PDF, the largest scale's results, and the command-line entry every
+figure module shares."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+SCALE_ORDER = ("gpu-full", "cpu-small", "toy")  # a figure draws the largest scale present
 
 
 def save(fig, out_dir: Path, name: str) -> list[Path]:
@@ -15,6 +18,16 @@ def save(fig, out_dir: Path, name: str) -> list[Path]:
         fig.savefig(p, dpi=130)
     plt.close(fig)
     return paths
+
+
+def largest_scale(results: Path, experiment: str, ext: str) -> list[Path]:
+    """The results files of `experiment` at the largest scale that has any."""
+    for scale in SCALE_ORDER:
+        paths = sorted(results.glob(f"{experiment}-{scale}*.{ext}"))
+        if paths:
+            return paths
+    raise FileNotFoundError(f"no {experiment} results in {results}: run "
+                            f"`blockllm bench run {experiment}` first")
 
 
 def main(draw: Callable[[Path, Path], list[Path]], default_results: str) -> None:

@@ -1,6 +1,8 @@
-"""Equivalence figure: score drop and bytes saved per threshold per model; stitching.
+"""Experiment 3 figure (accuracy impact of equivalence): score drop and bytes saved per
+threshold per model; stitching. Reads `blockllm bench run accuracy` results (or the
+results/equivalence.json that `blockllm zoo equivalence` writes).
 
-    python -m paper_figures.equivalence [results/equivalence.json] [paper_figures/out]
+    python -m paper_figures.equivalence [results/runs | results/equivalence.json] [paper_figures/out]
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from paper_figures._save import main, save
+from paper_figures._save import largest_scale, main, save
 
 
 def draw(results: Path, out_dir: Path) -> list[Path]:
@@ -18,6 +20,8 @@ def draw(results: Path, out_dir: Path) -> list[Path]:
     import pandas as pd
     import seaborn as sns
 
+    if results.is_dir():
+        [results] = largest_scale(results, "accuracy", "json")
     data = json.loads(results.read_text())
     rows = pd.DataFrame(data["rows"])
     sweep = rows[rows["threshold"].notna()].copy()
@@ -47,4 +51,4 @@ def draw(results: Path, out_dir: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    main(draw, "results/equivalence.json")
+    main(draw, "results/runs")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from paper_figures._save import main, save
+from paper_figures._save import largest_scale, main, save
 
 
 def draw(results: Path, out_dir: Path) -> list[Path]:
@@ -18,7 +18,7 @@ def draw(results: Path, out_dir: Path) -> list[Path]:
     import pandas as pd
     import seaborn as sns
 
-    path = sorted(results.glob("footprint-*.json"))[-1]
+    [path] = largest_scale(results, "footprint", "json")
     df = pd.DataFrame(json.loads(path.read_text())["rows"])
     long = pd.concat([df.assign(system="blockllm zoo", GiB=df["zoo_bytes"] / 2**30),
                       df.assign(system="per-model", GiB=df["per_model_bytes"] / 2**30)])

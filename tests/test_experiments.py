@@ -1,38 +1,66 @@
-"""Toy-size smoke run of every experiment config and its figure, against real servers."""
+"""Toy-size smoke run of every experiment config and every figure, against real servers."""
 
 import importlib
 import json
 
 import pytest
 
-from experiments.configs import SERVING
+from experiments.configs import CONFIGS, SERVING
 from tests.test_zoo import four_model_zoo
 
 
-@pytest.mark.parametrize("config", SERVING)
-def test_experiment_toy_run_and_figure(tmp_path, config):
-    zoo = four_model_zoo(tmp_path)
-    mod = importlib.import_module(f"experiments.configs.{config}")
-    out = tmp_path / "results"
-    paths = mod.run("toy", out, str(zoo.root), zoo.models())
-    assert paths
+def _check_serving(paths, min_systems=2):
     for p in paths:
         lines = [json.loads(x) for x in p.read_text().splitlines()]
         header = lines[0]["header"]
-        assert header["env"]["commit"] is not None and header["trace_config"]["seed"] == 1
+        assert header["env"]["commit"] is not None and header["trace_config"]["seed"] >= 0
         reqs = [x["request"] for x in lines if "request" in x]
         assert reqs and all(r["status"] == "ok" and r["tokens"] > 0 for r in reqs), reqs
     systems = {json.loads(p.read_text().splitlines()[0])["header"]["system"] for p in paths}
-    assert len(systems) >= 2, "each point compares systems on one saved trace"
-    assert list((out / "traces").glob(f"{config}-*.json")), "the traces are saved"
-    fig = importlib.import_module(f"paper_figures.{config}")
-    assert all(x.stat().st_size > 1000 for x in fig.draw(out, tmp_path / "fig"))
+    assert len(systems) >= min_systems, "each point compares systems on one saved trace"
 
 
+@pytest.fixture(scope="module")
+def toy_results(tmp_path_factory):
+    """Every experiment run once at toy scale into one results folder (as `make reproduce`)."""
+    tmp = tmp_path_factory.mktemp("experiments")
+    runs = tmp / "results" / "runs"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BLOCKLLM_ZOO", str(tmp / "default-zoo"))
+        mp.setenv("BLOCKLLM_CACHE", str(tmp / "cache"))
+        zoo = four_model_zoo(tmp)
+        paths = {c: importlib.import_module(f"experiments.configs.{c}").run(
+            "toy", runs, str(zoo.root), zoo.models()) for c in SERVING}
+        paths["scaling"] = importlib.import_module("experiments.configs.scaling").run("toy", runs)
+        paths["footprint"] = importlib.import_module("experiments.configs.footprint").run(
+            "toy", runs)
+    return tmp / "results", paths
 
-def test_footprint_toy_run_and_figure(tmp_path):
+
+@pytest.mark.parametrize("config", SERVING + ("scaling",))
+def test_serving_experiment_toy_run(toy_results, config):
+    results, paths = toy_results
+    _check_serving(paths[config], 5 if config == "ablations" else 2)
+    assert list((results / "runs" / "traces").glob(f"{config}-toy-*.json")), "traces saved"
+    systems = {json.loads(p.read_text().splitlines()[0])["header"]["system"]
+               for p in paths[config]}
+    if config == "latency_vs_rate":
+        assert systems == {"blockllm", "per_model", "hf_generate"}
+
+
+def test_scaling_toy_builds_its_zoo_once(toy_results):
+    from blockllm.zoo.store import Zoo
+    from experiments.configs import scaling
+    results, _ = toy_results
+    zoo = Zoo(results / "runs" / "zoos" / "scaling-toy")
+    assert zoo.models() == ["base", "v01", "v02", "v03"]
+    n_blocks = len({e.block for m in zoo.models() for e in zoo.chain(m)})
+    assert n_blocks == len(zoo.chain("base")) + 3  # each variant: one new top layer block
+    assert scaling.build_zoo("toy", zoo.root)[1] == zoo.models()  # reused, nothing added
+
+
+def test_footprint_toy_run(tmp_path):
     from experiments.configs import footprint
-    from paper_figures.footprint import draw
     [path] = footprint.run("toy", tmp_path / "r")
     rows = json.loads(path.read_text())["rows"]
     by = {(r["kind"], r["variants"]): r for r in rows}
@@ -41,4 +69,34 @@ def test_footprint_toy_run_and_figure(tmp_path):
         assert by["full", n]["zoo_bytes"] == by["full", n]["per_model_bytes"] == (n + 1) * base
         assert by["partial", n]["zoo_bytes"] < by["partial", n]["per_model_bytes"]
         assert by["lora", n]["zoo_bytes"] < by["partial", n]["zoo_bytes"]
-    assert all(x.stat().st_size > 1000 for x in draw(tmp_path / "r", tmp_path / "fig"))
+
+
+@pytest.mark.slow
+def test_accuracy_toy_run(tmp_path):
+    from blockllm.variants.build import TINY_RECIPES, make_variants
+    from blockllm.zoo.store import Zoo
+    from experiments.configs import accuracy
+    zoo = Zoo(tmp_path / "zoo")
+    make_variants(zoo, "dummy:tiny", "tiny", TINY_RECIPES[:1], n_eval=8,
+                  cache=tmp_path / "cache", progress=False)
+    [path] = accuracy.run("toy", tmp_path / "r", str(zoo.root), zoo.models())
+    data = json.loads(path.read_text())
+    labels = {(r["model"], r["label"]) for r in data["rows"]}
+    assert {("tiny-sentiment-top1", "exact"), ("tiny-sentiment-top1", "t=0.1")} <= labels
+
+
+def test_every_config_has_a_toy_scale_and_every_figure_draws(toy_results, tmp_path):
+    """The figures of every experiment, drawn by `blockllm figures` from the toy results."""
+    from click.testing import CliRunner
+
+    from blockllm.cli import main
+    for config in CONFIGS:
+        assert "toy" in importlib.import_module(f"experiments.configs.{config}").SCALES
+    results, _ = toy_results
+    res = CliRunner().invoke(main, ["figures", "--results", str(results), "--out",
+                                    str(tmp_path / "fig")])
+    assert res.exit_code == 0, res.output
+    drawn = {p.stem for p in (tmp_path / "fig").glob("*.png")}
+    assert {"latency_vs_rate", "ablations", "scaling", "burstiness", "footprint"} <= drawn
+    assert all(p.stat().st_size > 1000 for p in (tmp_path / "fig").iterdir())
+    assert "skipped variants" in res.output  # said, not silently missing

@@ -28,6 +28,7 @@ def main() -> None:
 
 def _register() -> None:
     from blockllm.cli.bench_cmd import bench
+    from blockllm.cli.figures_cmd import figures
     from blockllm.cli.generate_cmd import generate
     from blockllm.cli.serve_cmd import serve
     from blockllm.cli.zoo_cmd import zoo
@@ -35,6 +36,7 @@ def _register() -> None:
     main.add_command(generate)
     main.add_command(serve)
     main.add_command(bench)
+    main.add_command(figures)
 
 
 _register()

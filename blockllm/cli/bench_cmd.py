@@ -25,14 +25,16 @@ def bench() -> None:
 @click.option("--zoo", "zoo_dir", default=None, type=click.Path(file_okay=False))
 @user_errors
 def run(config, scale, out, models, zoo_dir):
-    """Run experiment CONFIG (see experiments/configs) at a scale."""
+    """Run experiment CONFIG at a scale: latency_vs_rate, footprint, accuracy, ablations,
+    scaling or burstiness (see experiments/configs)."""
     from blockllm.errors import UserError
     from blockllm.zoo.store import Zoo
-    from experiments.configs import CONFIGS
+    from experiments.configs import CONFIGS, OWN_MODELS
     if config not in CONFIGS:
         raise UserError(f"unknown experiment {config!r}; choose one of {', '.join(CONFIGS)}")
-    names = [m.strip() for m in models.split(",")] if models else Zoo(zoo_dir).models()
-    if not names:
+    names = [m.strip() for m in models.split(",")] if models else \
+        [] if config in OWN_MODELS else Zoo(zoo_dir).models()
+    if not names and config not in OWN_MODELS:
         raise UserError("the zoo has no models: run `blockllm zoo make-variants` first")
     mod = importlib.import_module(f"experiments.configs.{config}")
     paths = mod.run(scale, Path(out), zoo_dir, names)
@@ -48,7 +50,7 @@ def summary(results):
     path = Path(results)
     paths = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
     df = table(paths)
-    cols = ["system", "rate", "ok", "requests", "tokens_per_s", "ttft_p50", "ttft_p95",
+    cols = ["experiment", "scale", "system", "rate", "cv", "n_models", "ok", "requests", "tokens_per_s", "ttft_p50", "ttft_p95",
             "tpot_p50", "e2e_p50", "e2e_p95", "e2e_p99", "util_mean", "mem_peak", "sampler"]
     click.echo(df[[c for c in cols if c in df]].to_string(index=False, float_format="%.3f"))
     out = (path if path.is_dir() else path.parent) / "summary.csv"

@@ -32,7 +32,7 @@ _SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536,
                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
 _TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
              num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
-             rope_theta=10000.0, max_position_embeddings=256, tie_word_embeddings=False,
+             rope_theta=10000.0, max_position_embeddings=1024, tie_word_embeddings=False,
              bos_token_id=1, eos_token_id=2)
 
 PRESETS: dict[str, dict] = {

@@ -1,4 +1,6 @@
-"""One config per paper figure. Each module has SCALES (toy | cpu-small | gpu-full) and run()."""
+"""One config per paper figure. Each module has SCALES (toy | cpu-small | gpu-full) and
+run(scale, out, zoo, models) -> the results files it wrote."""
 
-CONFIGS = ("latency_vs_rate", "footprint")
-SERVING = ("latency_vs_rate",)  # configs that start servers and replay traces
+CONFIGS = ("latency_vs_rate", "footprint", "accuracy", "ablations", "scaling", "burstiness")
+SERVING = ("latency_vs_rate", "ablations", "burstiness")  # replay traces on the given zoo
+OWN_MODELS = ("footprint", "scaling")  # derive their own models; need no zoo

@@ -1,0 +1,44 @@
+"""What every serving experiment shares: for each point, one seeded trace saved once, then the
+same trace replayed against every system (a server started on localhost by the harness)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from experiments.run import run_system
+from experiments.workloads import (WorkloadConfig, load_prompts, make_trace, prompt_set,
+                                   save_trace)
+
+
+@dataclass(frozen=True)
+class Point:
+    tag: str  # names the files: {experiment}-{scale}-{tag}-{system}.jsonl
+    label: dict  # recorded in each results header (rate, cv, n_models, ...)
+    workload: WorkloadConfig
+    systems: tuple[str, ...]
+    serve_args: tuple[str, ...]  # the same budgets for every system of the point
+    models: tuple[str, ...] | None = None  # None: every model given to run_points
+    zoo: str | None = field(default=None)  # None: the zoo given to run_points
+
+
+def run_points(experiment: str, scale: str, points: list[Point], out: Path, zoo: str | None,
+               models: list[str]) -> list[Path]:
+    prompts = load_prompts(prompt_set(out / "traces" / "prompts.json"))
+    jobs = [(p, system) for p in points for system in p.systems]
+    paths, traces = [], {}
+    for p, system in tqdm(jobs, desc=f"{experiment}[{scale}]"):
+        if p.tag not in traces:
+            traces[p.tag] = make_trace(p.workload, list(p.models or models), prompts)
+            save_trace(traces[p.tag], out / "traces" / f"{experiment}-{scale}-{p.tag}.json")
+        path = out / f"{experiment}-{scale}-{p.tag}-{system}.jsonl"
+        run_system(system, traces[p.tag], p.zoo or zoo, list(p.serve_args), path,
+                   {"experiment": experiment, "scale": scale, **p.label})
+        paths.append(path)
+    return paths
+
+
+def budgets(memory: str, kv: str) -> tuple[str, ...]:
+    return ("--memory-budget", memory, "--kv-budget", kv)

@@ -1,0 +1,43 @@
+"""Experiment 4: ablations. Every mechanism on ("full": shared blocks, per-block batch limits
+from profiled latency curves, chain-wide KV coordination, equivalence-assembled chains within
+each model's accuracy budget), then one mechanism off at a time, on one trace.
+
+The weight budget sits below the zoo's unique bytes, so what equivalence frees matters, and the
+KV budget is tight enough that reservations contend. Speculative execution and placement join
+this list when they exist (issue 7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from experiments.configs._serving import Point, budgets, run_points
+from experiments.workloads import WorkloadConfig
+
+SYSTEMS = ("full", "no_equivalence", "no_sharing", "no_kv_coordination", "fixed_batch")
+
+
+@dataclass(frozen=True)
+class Scale:
+    n_requests: int
+    rate: float
+    max_tokens: tuple[int, int]
+    memory_budget: str
+    kv_budget: str
+
+
+SCALES = {
+    "toy": Scale(6, 4.0, (4, 6), "64MiB", "8MiB"),
+    "cpu-small": Scale(24, 1.0, (8, 16), "1GiB", "64MiB"),
+    "gpu-full": Scale(256, 8.0, (32, 128), "24GiB", "4GiB"),
+}
+
+
+def run(scale: str, out: Path, zoo: str | None, models: list[str]) -> list[Path]:
+    s = SCALES[scale]
+    point = Point("all", {"rate": s.rate},
+                  WorkloadConfig(n_requests=s.n_requests, rate=s.rate, max_tokens=s.max_tokens,
+                                 popularity="uniform", seed=3),
+                  SYSTEMS, budgets(s.memory_budget, s.kv_budget))
+    return run_points("ablations", scale, [point], out, zoo, models)

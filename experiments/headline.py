@@ -1,0 +1,82 @@
+"""The headline table (results/headline.md) from results/runs only: blockllm vs per-model p95
+latency and utilization at each load, storage and memory bytes, accuracy deltas.
+
+    python -m experiments.headline [results/runs] [results/headline.md]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from paper_figures._save import largest_scale
+
+
+def _pct_lower(ours: float, theirs: float) -> str:
+    return f"{100 * (1 - ours / theirs):+.0f}%".replace("+", "") if theirs else "n/a"
+
+
+def latency_rows(runs: Path) -> list[str]:
+    from experiments.summary import table
+    df = table(largest_scale(runs, "latency_vs_rate", "jsonl"))
+    out = ["| rate (req/s) | system | p95 e2e (s) | p95 TTFT (s) | tokens/s | mean util | "
+           "peak mem (GiB) | p95 vs per_model |", "|---|---|---|---|---|---|---|---|"]
+    for rate, g in df.groupby("rate"):
+        ref = g[g["system"] == "per_model"]["e2e_p95"]
+        for _, r in g.sort_values("system").iterrows():
+            vs = _pct_lower(r["e2e_p95"], float(ref.iloc[0])) + " lower" \
+                if len(ref) and r["system"] != "per_model" else ""
+            out.append(f"| {rate:g} | {r['system']} | {r['e2e_p95']:.1f} | {r['ttft_p95']:.2f} | "
+                       f"{r['tokens_per_s']:.1f} | {r['util_mean']:.2f} | "
+                       f"{r['mem_peak'] / 2**30:.2f} | {vs} |")
+    out.append(f"\nutilization: {df['sampler'].iloc[0]} (scale {df['scale'].iloc[0]})")
+    return out
+
+
+def footprint_rows(runs: Path) -> list[str]:
+    [path] = largest_scale(runs, "footprint", "json")
+    rows = json.loads(path.read_text())["rows"]
+    n = max(r["variants"] for r in rows)
+    out = [f"| variant kind | {n} variants + base: blockllm zoo (GiB) | per-model (GiB) | ratio |",
+           "|---|---|---|---|"]
+    for r in rows:
+        if r["variants"] == n:
+            out.append(f"| {r['kind']} | {r['zoo_bytes'] / 2**30:.2f} | "
+                       f"{r['per_model_bytes'] / 2**30:.2f} | "
+                       f"{r['per_model_bytes'] / r['zoo_bytes']:.2f}x |")
+    return out
+
+
+def accuracy_rows(runs: Path) -> list[str]:
+    [path] = largest_scale(runs, "accuracy", "json")
+    rows = json.loads(path.read_text())["rows"]
+    out = ["| model | exact score | served score (budget 1 pt) | drop (points) | MiB freed |",
+           "|---|---|---|---|---|"]
+    for model in sorted({r["model"] for r in rows}):
+        mine = [r for r in rows if r["model"] == model]
+        exact = next(r for r in mine if r["label"] == "exact")
+        best = max((r for r in mine if r["within_budget"]), key=lambda r: r["saved_bytes"])
+        out.append(f"| {model} | {exact['score']:.0f} | {best['score']:.0f} ({best['label']}) | "
+                   f"{best['drop_points']:+.0f} | {best['saved_bytes'] / 2**20:.0f} |")
+    return out
+
+
+def headline(runs: Path) -> str:
+    parts = ["# Headline (written by `python -m experiments.headline` from results/runs)\n"]
+    for title, fn in [("Latency and utilization vs load (experiment 1)", latency_rows),
+                      ("Storage = memory to serve all variants (experiment 2)", footprint_rows),
+                      ("Accuracy of the chains served with equivalence (experiment 3)",
+                       accuracy_rows)]:
+        try:
+            parts += [f"## {title}\n", *fn(runs), ""]
+        except (FileNotFoundError, StopIteration, ValueError) as e:
+            parts += [f"## {title}\n", f"not available: {e}", ""]
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    runs = Path(sys.argv[1] if len(sys.argv) > 1 else "results/runs")
+    out = Path(sys.argv[2] if len(sys.argv) > 2 else "results/headline.md")
+    out.write_text(headline(runs))
+    print(out.read_text())
