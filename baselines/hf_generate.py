@@ -26,8 +26,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 
 class HFServer:
-    def __init__(self, zoo, models: list[str], budget: int, max_batch: int, window_s: float):
+    def __init__(self, zoo, models: list[str], budget: int, max_batch: int, window_s: float,
+                 max_waiting: int = 1024):
         self.zoo, self.models, self.budget = zoo, models, budget
+        self.max_waiting = max_waiting  # beyond it: 429 with Retry-After (bounded inbox)
         self.max_batch, self.window_s = max_batch, window_s
         self.loaded: OrderedDict[str, tuple] = OrderedDict()  # name -> (model, bytes)
         self.tokenizers = {m: zoo.tokenizer(m) for m in models}
@@ -91,11 +93,13 @@ class HFServer:
                       if len(new) == b["max_tokens"] else "stop", usage)
 
 
-def create_app(server: HFServer) -> FastAPI:
+def create_app(server: HFServer, api_key: str | None = None) -> FastAPI:
+    from blockllm.server.guards import Guards
     app = FastAPI(title="hf_generate baseline")
+    app.add_middleware(Guards, api_key=api_key)
 
-    def error(status, message):
-        return JSONResponse(status_code=status, content={"error": {
+    def error(status, message, headers=None):
+        return JSONResponse(status_code=status, headers=headers, content={"error": {
             "message": message, "type": "invalid_request_error", "param": None,
             "code": status}})
 
@@ -119,6 +123,8 @@ def create_app(server: HFServer) -> FastAPI:
             return error(404, f"model {model!r} does not exist")
         if not isinstance(prompt, str) or not prompt or max_tokens < 1:
             return error(400, "prompt must be a non-empty string and max_tokens >= 1")
+        if server.inbox.qsize() >= server.max_waiting:
+            return error(429, "the server is busy; retry later", {"Retry-After": "1"})
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         server.inbox.put({"model": model, "prompt": prompt, "max_tokens": max_tokens,
@@ -153,14 +159,18 @@ def create_app(server: HFServer) -> FastAPI:
 @click.option("--kv-budget", default=None, help="Accepted for a uniform harness; unused.")
 @click.option("--max-batch", default=8, type=int)
 @click.option("--window", default=0.05, type=float, help="Seconds to gather a batch.")
-def main(zoo_dir, models, port, host, memory_budget, kv_budget, max_batch, window):
+@click.option("--api-key", envvar="BLOCKLLM_API_KEY", default=None)
+@click.option("--max-waiting", default=1024, type=int)
+def main(zoo_dir, models, port, host, memory_budget, kv_budget, max_batch, window, api_key,
+         max_waiting):
     import uvicorn
 
     from blockllm.cli.format import parse_bytes
     from blockllm.zoo.store import Zoo
     names = [m.strip() for m in models.split(",") if m.strip()]
-    server = HFServer(Zoo(zoo_dir), names, parse_bytes(memory_budget), max_batch, window)
-    uvicorn.run(create_app(server), host=host, port=port, log_level="warning")
+    server = HFServer(Zoo(zoo_dir), names, parse_bytes(memory_budget), max_batch, window,
+                      max_waiting)
+    uvicorn.run(create_app(server, api_key), host=host, port=port, log_level="warning")
 
 
 if __name__ == "__main__":

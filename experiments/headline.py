@@ -20,8 +20,8 @@ def _pct_lower(ours: float, theirs: float) -> str:
 def latency_rows(runs: Path) -> list[str]:
     from experiments.summary import table
     df = table(largest_scale(runs, "latency_vs_rate", "jsonl"))
-    out = ["| rate (req/s) | system | p95 e2e (s) | p95 TTFT (s) | tokens/s | mean util | "
-           "peak mem (GiB) | p95 vs per_model |", "|---|---|---|---|---|---|---|---|"]
+    out = [("| rate (req/s) | system | p95 e2e (s) | p95 TTFT (s) | tokens/s | mean util | "
+            "peak mem (GiB) | p95 vs per_model |"), "|---|---|---|---|---|---|---|---|"]
     for rate, g in df.groupby("rate"):
         ref = g[g["system"] == "per_model"]["e2e_p95"]
         for _, r in g.sort_values("system").iterrows():

@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import platform
-import socket
 import subprocess
-import sys
 import time
 from dataclasses import asdict
 from importlib import metadata
@@ -21,6 +19,7 @@ from pathlib import Path
 import httpx
 
 from experiments.harness import Sampler, replay
+from experiments.server_proc import server_process
 
 SERVE = ["-m", "blockllm.cli", "serve"]
 SYSTEMS = {  # name -> the server command after `python`; every one takes --models, --port,
@@ -52,33 +51,12 @@ def environment() -> dict:
             "device": device or platform.machine(), "cpus": __import__("os").cpu_count()}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_system(system: str, trace: dict, zoo: str | None, serve_args: list[str],
                out: Path, label: dict) -> Path:
-    port = _free_port()
-    cmd = [sys.executable, *SYSTEMS[system], "--models", ",".join(trace["models"]),
-           "--port", str(port), *serve_args]
+    argv = [*SYSTEMS[system], "--models", ",".join(trace["models"]), *serve_args]
     if zoo:
-        cmd += ["--zoo", zoo]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"{system} server did not start: "
-                                   f"{proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.2)
+        argv += ["--zoo", zoo]
+    with server_process(argv) as (url, proc):
         sampler = Sampler(proc.pid)
         sampler.start()
         t0 = time.perf_counter()
@@ -86,9 +64,6 @@ def run_system(system: str, trace: dict, zoo: str | None, serve_args: list[str],
         wall = time.perf_counter() - t0
         samples = sampler.stop()
         server_metrics = httpx.get(url + "/metrics", timeout=10).text
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     header = {"system": system, **label, "trace_config": trace["config"], "wall_s": wall,
               "command": SYSTEMS[system] + serve_args, "sampler": sampler.kind,
               "env": environment(),

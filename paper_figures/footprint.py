@@ -14,7 +14,6 @@ from paper_figures._save import largest_scale, main, save
 def draw(results: Path, out_dir: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns
 

@@ -162,3 +162,33 @@ def test_engine_serves_measured_equivalent_chains_within_budget(tmp_path):
     if opts["t=0.05"].drop_points > 0:  # a zero budget forbids any measured drop
         assert Engine(zoo, ["near"], EngineConfig(use_equivalence=True)).submit(
             "near", [5], max_tokens=1).chain == tuple(zoo.chain("near"))
+
+
+def test_a_failing_block_ends_its_batch_frees_its_kv_and_the_engine_keeps_serving(zoo4):
+    """A worker that raises mid-batch (as a dying device would): its requests end with an error
+    naming the block, their KV pages are freed, the worker is reloaded, the rest is exact."""
+    zoo, ref = zoo4
+    eng = Engine(zoo, zoo.models(), EngineConfig())
+    for m, p in [("base", PROMPTS[0]), ("other", PROMPTS[1])]:
+        eng.submit(m, p, max_tokens=2, stop_ids=frozenset())
+    while eng.has_work():
+        eng.step()  # every block loaded once
+    key = eng.key("base", zoo.chain("base")[2])
+    real = eng.workers[key].run
+
+    def broken(*a, **k):
+        raise RuntimeError("device lost")
+    eng.workers[key].run = broken
+    hit = eng.submit("base", PROMPTS[0], max_tokens=N, stop_ids=frozenset())
+    other = eng.submit("other", PROMPTS[1], max_tokens=N, stop_ids=frozenset())
+    while eng.has_work():
+        eng.step()
+    assert hit.finish_reason.startswith("error: block") and "device lost" in hit.finish_reason
+    assert other.output == ref["other"][1]
+    assert eng.counters["block_failures"] == 1 and key not in eng.workers  # dropped
+    assert all(eng.kv.used_pages(k) == 0 for k in eng.kv.tables), "no KV pages leak"
+    again = eng.submit("base", PROMPTS[0], max_tokens=N, stop_ids=frozenset())
+    while eng.has_work():
+        eng.step()
+    assert again.output == ref["base"][0] and eng.workers[key].run != broken  # reloaded
+    assert real is not None

@@ -1,10 +1,6 @@
 """The OpenAI-compatible server, as a real process on localhost, driven by the openai client."""
 
 import json
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -12,16 +8,11 @@ import pytest
 
 from baselines.hf_reference import hf_greedy, hf_model
 from blockllm.zoo.export import export_source
+from tests.live_server import live_server
 from tests.test_zoo import four_model_zoo
 
 PROMPTS = ["The river", "hello world", "ab", "Once upon"]
 N = 16
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,23 +30,8 @@ def server(tmp_path_factory):
             if 2 in ids:  # the server stops at EOS (id 2) like generate() would
                 ids = ids[: ids.index(2)]
             expected[m, p] = tok.decode(ids)
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "blockllm.cli", "serve", "--zoo",
-                             str(root / "zoo"), "--models", ",".join(models), "--port",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(url + "/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        raise RuntimeError(proc.stderr.read().decode())
-    yield url, models, expected
-    proc.terminate()
-    proc.wait(timeout=30)
+    with live_server(root / "zoo", models) as (url, _):
+        yield url, models, expected
 
 
 def test_openai_client_greedy_equals_transformers_concurrently(server):

@@ -5,8 +5,15 @@ import json
 import numpy as np
 import pytest
 
-from experiments.workloads import (WorkloadConfig, inter_arrivals, load_prompts, make_trace,
-                                   popularity, prompt_set, save_trace)
+from experiments.workloads import (
+    WorkloadConfig,
+    inter_arrivals,
+    load_prompts,
+    make_trace,
+    popularity,
+    prompt_set,
+    save_trace,
+)
 
 MODELS = ["a", "b", "c", "d"]
 

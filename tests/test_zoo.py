@@ -148,6 +148,33 @@ def test_killed_add_leaves_zoo_as_it_was(tmp_path, point):
     assert "victim" in zoo.models()
 
 
+def test_killed_gc_leaves_a_consistent_zoo(tmp_path):
+    root = tmp_path / "zoo"
+    zoo = Zoo(root)
+    add_source(zoo, tiny_source(seed=0), "base")
+    add_source(zoo, tiny_source(seed=9), "gone")
+    zoo.remove_model("gone")
+    flag = tmp_path / "paused"
+    env = dict(os.environ, BLOCKLLM_FAULT=f"gc:{flag}")
+    proc = subprocess.Popen([sys.executable, "-m", "blockllm.cli", "zoo", "gc", "--zoo",
+                             str(root)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not flag.exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # rows deleted, files not yet
+    proc.wait()
+    zoo = Zoo(root)
+    assert zoo.models() == ["base"] and zoo.orphan_files()
+    problems = zoo.verify()
+    assert problems and all(p.startswith("unreferenced file") for p in problems), \
+        "every block a chain uses is intact; only the orphans are reported"
+    with zoo.writing():
+        pass  # the next writer removes the orphans
+    assert zoo.orphan_files() == [] and zoo.verify() == []
+
+
 def four_model_zoo(root):
     """base + a partial fine-tune + a LoRA variant + an unrelated tied model: shared blocks."""
     from blockllm.zoo.ingest import add

@@ -28,16 +28,25 @@ from blockllm.cli.format import parse_bytes
 @click.option("--baseline", type=click.Choice(["per-model"]), default=None,
               help="Serve as a baseline instead: per-model = whole models, no sharing, "
                    "whole-model LRU under the same budget.")
+@click.option("--api-key", envvar="BLOCKLLM_API_KEY", default=None,
+              help="Require 'Authorization: Bearer KEY' on every route but /health "
+                   "(or set BLOCKLLM_API_KEY).")
+@click.option("--max-waiting", default=1024, show_default=True, type=click.IntRange(1),
+              help="Requests queued before admission; beyond it: 429 with Retry-After.")
+@click.option("--request-timeout", default=600.0, show_default=True, type=click.FloatRange(0.001),
+              help="Seconds a request may run before it ends with an error.")
+@click.option("--max-body", default="1MiB", show_default=True, help="Largest request body.")
 @user_errors
 def serve(zoo_dir, models, memory_budget, kv_budget, device, dtype, host, port, no_sharing,
-          no_kv_coordination, batch_tokens, equivalence, baseline):
+          no_kv_coordination, batch_tokens, equivalence, baseline, api_key, max_waiting,
+          request_timeout, max_body):
     """Serve zoo models over HTTP (OpenAI API: /v1/completions, /v1/chat/completions)."""
     import uvicorn
 
     from blockllm.errors import UserError
     from blockllm.runtime.config import EngineConfig
     from blockllm.runtime.engine import Engine
-    from blockllm.server.app import create_app
+    from blockllm.server.app import ServerConfig, create_app
     from blockllm.server.async_engine import AsyncEngine
     from blockllm.zoo.store import Zoo
 
@@ -45,7 +54,7 @@ def serve(zoo_dir, models, memory_budget, kv_budget, device, dtype, host, port, 
         cfg = EngineConfig(device=device, dtype=dtype, memory_budget=parse_bytes(memory_budget),
                            kv_budget=parse_bytes(kv_budget), share_blocks=not no_sharing,
                            coordinate_kv=not no_kv_coordination, batch_tokens=batch_tokens,
-                           use_equivalence=equivalence)
+                           use_equivalence=equivalence, max_waiting=max_waiting)
         if baseline == "per-model":
             from baselines.per_model import per_model_config
             cfg = per_model_config(cfg)
@@ -58,4 +67,7 @@ def serve(zoo_dir, models, memory_budget, kv_budget, device, dtype, host, port, 
     aengine = AsyncEngine(engine)
     aengine.start()
     click.echo(f"serving {', '.join(names)} on http://{host}:{port}", err=True)
-    uvicorn.run(create_app(aengine, tokenizers), host=host, port=port, log_level="warning")
+    server = ServerConfig(api_key=api_key or None, max_body_bytes=parse_bytes(max_body),
+                          request_timeout_s=request_timeout)
+    uvicorn.run(create_app(aengine, tokenizers, server), host=host, port=port,
+                log_level="warning")

@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable
 
 import torch
 
-from blockllm.errors import UserError
+from blockllm.errors import Busy, UserError
 from blockllm.models.lora import LoraAdapter
 from blockllm.models.sampling import SamplingParams, sample
 from blockllm.runtime.batch_policy import batch_limit
@@ -59,7 +59,8 @@ class Engine:
         self._ids = itertools.count()
         self.on_token: Callable[[Request, int], None] | None = None
         self.on_finish: Callable[[Request], None] | None = None
-        self.counters = {"steps": 0, "preemptions": 0, "deadlocks": 0, "cold_loads": 0}
+        self.counters = {"steps": 0, "preemptions": 0, "deadlocks": 0, "cold_loads": 0,
+                         "block_failures": 0}
         self.last_batch: dict[Hashable, int] = {}
 
     # ---- keys, chains, sizes ------------------------------------------------------------
@@ -116,7 +117,8 @@ class Engine:
             raise UserError(f"prompt of {len(prompt)} tokens + max_tokens {max_tokens} exceeds "
                             f"the context length {cfg.max_position_embeddings}")
         if len(self.waiting) >= self.cfg.max_waiting:
-            raise UserError("the server is busy: too many waiting requests, retry later")
+            raise Busy(f"the server is busy: {len(self.waiting)} requests are waiting "
+                       f"(max_waiting {self.cfg.max_waiting}); retry later")
         stop = frozenset(cfg.eos_token_ids) if stop_ids is None else stop_ids
         req = Request(next(self._ids), model, list(prompt), params, max_tokens, stop,
                       self._assemble(model))
@@ -175,6 +177,16 @@ class Engine:
     def _enqueue(self, req: Request) -> None:
         key = self.key(req.model, req.chain[req.stage])
         self.queues.setdefault(key, deque()).append((time.perf_counter(), req))
+
+    def block_failed(self, key: Hashable, reqs: list[Request], exc: Exception) -> None:
+        """A block call raised: its batch's requests end with the reason (their KV is freed),
+        the worker is dropped so the next use reloads it from the zoo (hash-checked)."""
+        self.counters["block_failures"] += 1
+        for r in reqs:
+            self.abort(r, f"error: block {str(key)[:40]} failed: {exc!r}")
+        self.workers.pop(key, None)
+        if self.residency.resident(key):
+            self.residency.remove(key)
 
     def _break_deadlock(self) -> None:
         victim = max(self.running.values(), key=lambda r: r.arrival)

@@ -9,8 +9,10 @@ from collections.abc import Hashable
 
 import torch
 
+from blockllm.runtime.faults import maybe_inject_fault
 from blockllm.runtime.request import Request, State
 from blockllm.runtime.residency import OverBudget
+from blockllm.zoo.store import CorruptBlock
 
 
 def admit(engine) -> None:
@@ -102,7 +104,7 @@ def take(engine, key: Hashable) -> list[Request]:
     head = next(r for _, r in q if _can_run(engine, key, r))
     try:
         cold = _ensure_resident(engine, key, head)
-    except OverBudget as e:
+    except (OverBudget, CorruptBlock) as e:  # the block cannot run: end its requests, say why
         for _, r in list(q):
             engine.abort(r, f"error: {e}")
         return []
@@ -143,7 +145,12 @@ def run_batch(engine, key: Hashable, reqs: list[Request]) -> None:
     embed_key = engine.tied_embed_key(key, reqs[0])
     if embed_key is not None:
         tied = engine.workers[embed_key].module.embed_tokens.weight
-    outs = worker.run(inputs, pool, table, seq, adapters, tied)
+    try:
+        maybe_inject_fault()
+        outs = worker.run(inputs, pool, table, seq, adapters, tied)
+    except Exception as e:  # a failing block ends its batch's requests, not the server
+        engine.block_failed(key, reqs, e)
+        return
     epochs = [(r.preemptions, r.state) for r in reqs]
     for req, out, (epoch, state) in zip(reqs, outs, epochs, strict=True):
         if (req.preemptions, req.state) != (epoch, state):

@@ -3,29 +3,42 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
+from dataclasses import dataclass
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from blockllm.errors import UserError
+from blockllm.errors import Busy, UserError
 from blockllm.models.sampling import SamplingParams
 from blockllm.server.async_engine import AsyncEngine
+from blockllm.server.guards import Guards
 from blockllm.server.metrics import Metrics
 from blockllm.server.protocol import ChatRequest, CompletionRequest
 
 
-def error(status: int, message: str, kind: str = "invalid_request_error", param=None):
-    return JSONResponse(status_code=status, content={"error": {
+@dataclass(frozen=True)
+class ServerConfig:
+    api_key: str | None = None  # when set, every route but /health needs 'Bearer <key>'
+    max_body_bytes: int = 1 << 20  # larger request bodies get 413
+    request_timeout_s: float | None = 600.0  # a request running longer ends with an error
+
+
+def error(status: int, message: str, kind: str = "invalid_request_error", param=None,
+          headers=None):
+    return JSONResponse(status_code=status, headers=headers, content={"error": {
         "message": message, "type": kind, "param": param, "code": status}})
 
 
-def create_app(aengine: AsyncEngine, tokenizers: dict) -> FastAPI:
+def create_app(aengine: AsyncEngine, tokenizers: dict,
+               server: ServerConfig = ServerConfig()) -> FastAPI:
     app = FastAPI(title="blockllm", docs_url=None, redoc_url=None)
+    app.add_middleware(Guards, api_key=server.api_key, max_body_bytes=server.max_body_bytes)
     metrics = Metrics(aengine)
     engine = aengine.engine
 
@@ -71,11 +84,17 @@ def create_app(aengine: AsyncEngine, tokenizers: dict) -> FastAPI:
         created = int(time.time())
 
         async def events():
-            """(delta text, finish_reason or None), applying stop strings."""
+            """(delta text, finish_reason or None), applying stop strings and the timeout."""
             ids, sent, finish = [], "", None
+            deadline = time.monotonic() + (server.request_timeout_s or float("inf"))
             try:
                 while finish is None:
-                    kind, value = await q.get()
+                    try:
+                        kind, value = await asyncio.wait_for(
+                            q.get(), min(deadline - time.monotonic(), 1e9))
+                    except TimeoutError:
+                        raise RuntimeError(f"error: request timed out after "
+                                           f"{server.request_timeout_s:g} s") from None
                     if kind == "finish":
                         finish = "length" if value == "length" else "stop"
                         if value and value.startswith("error"):
@@ -126,7 +145,8 @@ def create_app(aengine: AsyncEngine, tokenizers: dict) -> FastAPI:
             async for delta, finish in events():
                 text += delta
         except RuntimeError as e:
-            return error(500, str(e), "server_error")
+            timeout = "timed out" in str(e)
+            return error(504 if timeout else 500, str(e), "timeout" if timeout else "server_error")
         if chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text},
                       "finish_reason": finish}
@@ -145,6 +165,11 @@ def create_app(aengine: AsyncEngine, tokenizers: dict) -> FastAPI:
         status = 404 if "does not exist" in str(exc) else 400
         return error(status, str(exc), "not_found_error" if status == 404 else
                      "invalid_request_error")
+
+    @app.exception_handler(Busy)
+    async def _busy(_, exc: Busy):
+        return error(429, str(exc), "rate_limit_error",
+                     headers={"Retry-After": str(max(1, round(exc.retry_after_s)))})
 
     @app.exception_handler(ValueError)
     async def _value(_, exc: ValueError):

@@ -40,6 +40,7 @@ class CompletionRequest(_Common):
     prompt: str | list[int] = Field(min_length=1)
     max_tokens: int | None = Field(default=16, ge=1, le=1 << 20)
     echo: bool = False
+    best_of: int = Field(default=1, ge=1, le=1)  # one sequence per request
 
 
 class ChatMessage(BaseModel):

@@ -19,6 +19,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -40,6 +41,9 @@ class ZooError(UserError):
 
 class CorruptBlock(ZooError):
     pass
+
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -68,7 +72,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _fault_point(name: str) -> None:
-    """Crash-safety tests pause a real `zoo add` here and kill it (BLOCKLLM_FAULT=name:FILE)."""
+    """Crash-safety tests pause a real `zoo add` or `zoo gc` here and kill it
+    (BLOCKLLM_FAULT=name:FILE)."""
     spec = os.environ.get("BLOCKLLM_FAULT", "")
     if spec.partition(":")[0] == name:
         import time
@@ -88,6 +93,9 @@ class Zoo:
         self.con.close()
 
     def block_path(self, bid: str) -> Path:
+        if not _HEX64.fullmatch(bid):  # ids come from the manifest: never a path outside the zoo
+            raise CorruptBlock(f"block id {bid[:80]!r} is not a sha256 hex digest: the manifest "
+                               f"at {self.root} was tampered with; rebuild the zoo")
         return self.root / "blocks" / bid[:2] / f"{bid}.safetensors"
 
     @contextlib.contextmanager
@@ -232,6 +240,7 @@ class Zoo:
             self.con.execute("BEGIN IMMEDIATE")
             self.con.executemany("DELETE FROM blocks WHERE id=?", [(r.id,) for r in dead])
             self.con.execute("COMMIT")
+            _fault_point("gc")
             self._recover()  # the files of the rows just deleted are orphans now
             return len(dead), sum(r.file_bytes for r in dead)
 
@@ -282,6 +291,9 @@ class Zoo:
             from blockllm.loaders.tokenizer import ByteTokenizer
             return ByteTokenizer(self.config(name))
         from transformers import AutoTokenizer
+        if not (ref.startswith("dir:") and re.fullmatch(r"[0-9a-f]{16,64}", ref[4:])):
+            raise ZooError(f"tokenizer reference {ref[:80]!r} is not a digest: the manifest at "
+                           f"{self.root} was tampered with")
         return AutoTokenizer.from_pretrained(str(self.root / "tokenizers" / ref[4:]))
 
     def verify(self) -> list[str]:

@@ -9,8 +9,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from experiments.run import run_system
-from experiments.workloads import (WorkloadConfig, load_prompts, make_trace, prompt_set,
-                                   save_trace)
+from experiments.workloads import (
+    WorkloadConfig,
+    load_prompts,
+    make_trace,
+    prompt_set,
+    save_trace,
+)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,50 @@
+"""A server process on a free localhost port, started and stopped around a block of work."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def server_process(argv: list[str], env: dict | None = None, timeout_s: float = 180
+                   ) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`python ARGV --port P` until /health answers; yields (url, process); stops it after."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, *argv, "--port", str(port)],
+                            env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + timeout_s
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"server {' '.join(argv[:3])} did not start: "
+                                   f"{proc.stderr.read().decode()[-3000:]}")
+            time.sleep(0.2)
+        yield url, proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
