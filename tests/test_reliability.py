@@ -177,3 +177,19 @@ def test_fuzzed_bodies_never_crash_the_server(guarded, body):
         if r.status_code != 200:
             assert r.json()["error"]["message"]
     assert httpx.get(guarded + "/health").json()["status"] == "ok"
+
+
+def test_soak_short_run_loses_nothing(zoo, tmp_path):
+    """experiments/soak.py, 12 s instead of 10 minutes: every request is accounted for."""
+    import subprocess
+    import sys
+    out = tmp_path / "soak.json"
+    p = subprocess.run([sys.executable, "-m", "experiments.soak", "--zoo", str(zoo.root),
+                        "--models", ",".join(zoo.models()), "--duration", "12",
+                        "--concurrency", "4", "--serve-args", "--max-waiting 16",
+                        "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["lost"] == 0 and r["unaccounted"] == 0 and r["kv_pages_used_end"] == 0
+    assert r["answered"] > 0 and r["rejected"] > 0 and r["disconnected"] > 0
+    assert r["health_end"] == "ok" and r["running_end"] == 0

@@ -66,6 +66,9 @@ def serve(zoo_dir, models, memory_budget, kv_budget, device, dtype, host, port, 
     tokenizers = {m: zoo.tokenizer(m) for m in names}
     aengine = AsyncEngine(engine)
     aengine.start()
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        click.echo(f"warning: listening on {host} without --api-key: anyone who can reach "
+                   "this port can use the server", err=True)
     click.echo(f"serving {', '.join(names)} on http://{host}:{port}", err=True)
     server = ServerConfig(api_key=api_key or None, max_body_bytes=parse_bytes(max_body),
                           request_timeout_s=request_timeout)
