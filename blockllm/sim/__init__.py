@@ -1,0 +1,1 @@
+"""Cluster simulation with the engine's own placement, routing and batching decisions."""
