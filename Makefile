@@ -37,7 +37,8 @@ variants:
 # Every experiment at the scale this machine supports, then the summary, headline and figures.
 # A 2-core CPU machine runs cpu-small (SmolLM2 variants trained here first); a GPU runs gpu-full.
 SCALE ?= $(if $(HAS_GPU),gpu-full,cpu-small)
-EXPERIMENTS := accuracy latency_vs_rate footprint ablations scaling burstiness
+EXPERIMENTS := accuracy latency_vs_rate footprint ablations scaling burstiness placement \
+	sim_validation
 reproduce:
 	$(BIN)/blockllm zoo make-variants --n-eval 50
 	set -e; for e in $(EXPERIMENTS); do \

@@ -62,12 +62,34 @@ def accuracy_rows(runs: Path) -> list[str]:
     return out
 
 
+def placement_rows(runs: Path) -> list[str]:
+    [path] = largest_scale(runs, "placement", "json")
+    out = ["| cluster | placement | hops/request | link ms/request | p50 e2e (s) | p95 e2e (s) | "
+           "max GPU util |", "|---|---|---|---|---|---|---|"]
+    for r in json.loads(path.read_text())["rows"]:
+        out.append(f"| {r['cluster']} | {r['placement']} | {r['transfers_per_request']:.0f} | "
+                   f"{r['transfer_ms_per_request']:.1f} | {r['e2e_p50']:.3f} | "
+                   f"{r['e2e_p95']:.3f} | {r['util_max']:.2f} |")
+    return out
+
+
+def sim_rows(runs: Path) -> list[str]:
+    [path] = largest_scale(runs, "sim_validation", "json")
+    out = ["| rate (req/s) | quantile | real (s) | simulated (s) | error |", "|---|---|---|---|---|"]
+    for r in json.loads(path.read_text())["rows"]:
+        out.append(f"| {r['rate']:g} | {r['quantile']} | {r['real_s']:.2f} | {r['sim_s']:.2f} | "
+                   f"{r['error_pct']:+.0f}% |")
+    return out
+
+
 def headline(runs: Path) -> str:
     parts = ["# Headline (written by `python -m experiments.headline` from results/runs)\n"]
     for title, fn in [("Latency and utilization vs load (experiment 1)", latency_rows),
                       ("Storage = memory to serve all variants (experiment 2)", footprint_rows),
                       ("Accuracy of the chains served with equivalence (experiment 3)",
-                       accuracy_rows)]:
+                       accuracy_rows),
+                      ("Placement on simulated clusters (experiment 7)", placement_rows),
+                      ("Simulator vs real runs of experiment 1 (one CPU device)", sim_rows)]:
         try:
             parts += [f"## {title}\n", *fn(runs), ""]
         except (FileNotFoundError, StopIteration, ValueError) as e:

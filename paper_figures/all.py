@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from paper_figures import equivalence, footprint, serving, variants
+from paper_figures import equivalence, footprint, placement, serving, variants
 
 
 def draw_all(results: Path, out_dir: Path, say=print) -> list[Path]:
     runs = results / "runs"
     jobs = [("variants", variants.draw, results / "variants.json"),
             ("footprint", footprint.draw, runs),
-            ("serving", serving.draw, runs)]
+            ("serving", serving.draw, runs),
+            ("placement", placement.draw, runs)]
     accuracy = list(runs.glob("accuracy-*.json"))
     jobs.append(("equivalence", equivalence.draw,
                  runs if accuracy else results / "equivalence.json"))

@@ -34,6 +34,10 @@ def toy_results(tmp_path_factory):
         paths["scaling"] = importlib.import_module("experiments.configs.scaling").run("toy", runs)
         paths["footprint"] = importlib.import_module("experiments.configs.footprint").run(
             "toy", runs)
+        paths["placement"] = importlib.import_module("experiments.configs.placement").run(
+            "toy", runs)
+        paths["sim_validation"] = importlib.import_module(
+            "experiments.configs.sim_validation").run("toy", runs, str(zoo.root), zoo.models())
     return tmp / "results", paths
 
 
@@ -97,6 +101,23 @@ def test_every_config_has_a_toy_scale_and_every_figure_draws(toy_results, tmp_pa
                                     str(tmp_path / "fig")])
     assert res.exit_code == 0, res.output
     drawn = {p.stem for p in (tmp_path / "fig").glob("*.png")}
-    assert {"latency_vs_rate", "ablations", "scaling", "burstiness", "footprint"} <= drawn
+    assert {"latency_vs_rate", "ablations", "scaling", "burstiness", "footprint",
+            "placement"} <= drawn
     assert all(p.stat().st_size > 1000 for p in (tmp_path / "fig").iterdir())
     assert "skipped variants" in res.output  # said, not silently missing
+
+
+def test_placement_toy_compares_three_placements_on_one_trace(toy_results):
+    _, paths = toy_results
+    rows = json.loads(paths["placement"][0].read_text())["rows"]
+    by = {r["placement"]: r for r in rows}
+    assert set(by) == {"locality", "round_robin", "random"}
+    assert len({r["requests"] for r in rows}) == 1
+    assert by["locality"]["transfers_per_request"] < by["round_robin"]["transfers_per_request"]
+
+
+def test_sim_validation_toy_compares_simulated_and_real_quantiles(toy_results):
+    _, paths = toy_results
+    rows = json.loads(paths["sim_validation"][0].read_text())["rows"]
+    assert {r["quantile"] for r in rows} == {"p50", "p95"} and len(rows) == 4  # 2 rates
+    assert all(r["real_s"] > 0 and r["sim_s"] > 0 for r in rows)

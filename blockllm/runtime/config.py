@@ -20,6 +20,8 @@ class EngineConfig:
     use_equivalence: bool = False  # serve measured equivalent chains within each model's budget
     max_waiting: int = 1024  # requests queued before admission; more are refused (backpressure)
     residency_unit: str = "block"  # block | model: load and evict whole models (per-model baseline)
+    wave_wait_s: float = 1.0  # shared blocks run in waves (earliest chain position first);
+    #                           a request queued longer than this at a block goes first
     load_penalty_s: float = 1.0  # per 128 MiB that must be loaded first, the scheduler treats
     #                              that work as this much younger: resident blocks (or models)
     #                              go first, and nothing waits forever

@@ -4,12 +4,11 @@ Pure, deterministic functions over sizes, loads and a link-bandwidth model, in t
 Petals' block selection: the engine, the Ray backend and the cluster simulator all call these,
 so what is measured in simulation is what runs.
 
-Locality-aware placement (`locality_aware`) places the busiest blocks first; each replica goes to
-the device that minimizes (expected transfer time to the already placed blocks that precede or
-follow it in chains, weighted by how often that transition happens) + (a queueing term that
-grows as the device's utilization approaches 1), both in seconds of latency per second, among
-devices with memory left. Hot blocks get
-more replicas (`replicas_needed`). Round-robin and random placement are the ablation baselines.
+Locality-aware placement (`locality_aware`) keeps each chain on as few servers as capacity
+allows and cuts a server's blocks into contiguous, load-balanced spans over its GPUs (pipeline
+stages); hot blocks get more replicas (`replicas_needed`). Round-robin and random placement
+are the ablation baselines. `route` sends a pass to the replica holding the request's KV, else
+the nearest; `migration` moves between placements without dropping a request.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 Placement = dict[str, tuple[int, ...]]  # block id -> indices of the devices holding a replica
 
@@ -63,7 +62,9 @@ class Workload:
     sizes: Mapping[str, int]  # block -> bytes
     demand: Mapping[str, float]  # block -> busy seconds per second on a speed-1.0 device
     transitions: Mapping[tuple[str, str], float]  # (a, b) -> hops a -> b per second
-    hop_bytes: float  # bytes a hop moves (hidden states of one step)
+    hop_bytes: float  # bytes a hop moves per token (hidden states)
+    chains: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # model -> its blocks
+    chain_rates: Mapping[str, float] = field(default_factory=dict)  # model -> passes per second
 
 
 def workload_from_chains(chains: Mapping[str, list[str]], rates: Mapping[str, float],
@@ -79,7 +80,8 @@ def workload_from_chains(chains: Mapping[str, list[str]], rates: Mapping[str, fl
             demand[b] = demand.get(b, 0.0) + rate * block_s[b]
         for a, b in zip(chain, chain[1:]):
             trans[a, b] = trans.get((a, b), 0.0) + rate
-    return Workload(dict(sizes), demand, trans, hop_bytes)
+    return Workload(dict(sizes), demand, trans, hop_bytes,
+                    {m: tuple(ch) for m, ch in chains.items()}, dict(rates))
 
 
 def replicas_needed(w: Workload, n_devices: int, target_util: float = 0.7) -> dict[str, int]:
@@ -88,49 +90,74 @@ def replicas_needed(w: Workload, n_devices: int, target_util: float = 0.7) -> di
             for b in w.sizes}
 
 
-def _queue_s(util: float) -> float:
-    """Waiting per unit of work at a batched device: small at low load (requests mostly join
-    the next call), unbounded near saturation: u^2 / (1 - u)."""
-    return util * util / (1.0 - util) if util < 0.999 else 1e3 * (1 + util)
-
-
 def locality_aware(w: Workload, c: Cluster, target_util: float = 0.7) -> Placement:
-    """Greedy locality-aware placement (see the module docstring). Deterministic."""
-    reps = replicas_needed(w, len(c.devices), target_util)
-    neighbours: dict[str, dict[str, float]] = {b: {} for b in w.sizes}
-    for (a, b), rate in w.transitions.items():
-        if a != b and a in neighbours and b in neighbours:
-            neighbours[a][b] = neighbours[a].get(b, 0.0) + rate
-            neighbours[b][a] = neighbours[b].get(a, 0.0) + rate
+    """Two levels, deterministic. (1) Servers: chains in order of popularity, each block in
+    chain order goes to the server of its predecessor while that server has memory and compute
+    left (so a chain crosses the slow network as rarely as capacity allows), else to the
+    server with the most compute left. (2) GPUs of a server: the server's blocks, in the order
+    they were assigned, are cut into contiguous spans of about equal load, one per GPU, so a
+    pass hops between GPUs only at span ends (over the fast link) and consecutive stages
+    pipeline. (3) Blocks busier than `target_util` of a device get extra replicas on the
+    least-loaded other devices with room."""
+    servers = sorted({d.server for d in c.devices})
+    gpus = {s: [i for i, d in enumerate(c.devices) if d.server == s] for s in servers}
+    mem = {s: sum(c.devices[i].memory for i in gpus[s]) for s in servers}
+    cap = {s: target_util * sum(c.devices[i].speed for i in gpus[s]) for s in servers}
+    order: dict[int, list[str]] = {s: [] for s in servers}
+    home: dict[str, int] = {}
+    for chain in _chains_by_rate(w):
+        prev = None
+        for b in chain:
+            if b not in home:
+                need, load = w.sizes[b], w.demand.get(b, 0.0)
+                fits = [s for s in servers if mem[s] >= need]
+                if not fits:
+                    raise PlacementError(f"block {b[:12]} ({need} bytes) fits no server")
+                if prev is not None and prev in fits and cap[prev] >= load:
+                    s = prev
+                else:
+                    s = max(fits, key=lambda x: (cap[x], -x))
+                home[b], mem[s], cap[s] = s, mem[s] - need, cap[s] - load
+                order[s].append(b)
+            prev = home[b]
+    placed: Placement = {}
     free = [d.memory for d in c.devices]
     util = [0.0] * len(c.devices)
-    placed: Placement = {}
-    order = sorted(w.sizes, key=lambda b: (-w.demand.get(b, 0.0) -
-                                           sum(neighbours[b].values()), b))
-    for b in order:
-        hosts: list[int] = []
-        share = w.demand.get(b, 0.0) / reps[b]
-        for _ in range(reps[b]):
-            best, best_cost = None, math.inf
-            for d, dev in enumerate(c.devices):
-                if d in hosts or free[d] < w.sizes[b]:
-                    continue
-                transfer = sum(rate * min(c.transfer_s(r, d, w.hop_bytes) for r in placed[n])
-                               for n, rate in neighbours[b].items() if n in placed)
-                # both terms in seconds of latency added per second: hops x transfer time,
-                # and (busy s/s) x the waiting factor at the device's new utilization
-                cost = transfer + share * _queue_s(util[d] + share / dev.speed)
-                if cost < best_cost:
-                    best, best_cost = d, cost
-            if best is None:
-                if hosts:
-                    break  # fewer replicas than wished: memory is full
-                raise PlacementError(f"block {b[:12]} ({w.sizes[b]} bytes) fits no device")
-            hosts.append(best)
-            free[best] -= w.sizes[b]
-            util[best] += share / c.devices[best].speed
-        placed[b] = tuple(hosts)
+    for s in servers:
+        total = sum(w.demand.get(b, 0.0) for b in order[s]) or 1.0
+        k, acc, ids = 0, 0.0, gpus[s]
+        for b in order[s]:
+            per_gpu = total / len(ids)
+            while k < len(ids) - 1 and (acc >= per_gpu * (k + 1) or free[ids[k]] < w.sizes[b]):
+                k += 1
+            d = ids[k] if free[ids[k]] >= w.sizes[b] else \
+                max(ids, key=lambda i: (free[i], -i))
+            if free[d] < w.sizes[b]:
+                raise PlacementError(f"block {b[:12]} fits no GPU of server {s}")
+            placed[b] = (d,)
+            free[d] -= w.sizes[b]
+            util[d] += w.demand.get(b, 0.0) / c.devices[d].speed
+            acc += w.demand.get(b, 0.0)
+    for b, n in replicas_needed(w, len(c.devices), target_util).items():
+        share = w.demand.get(b, 0.0) / n
+        while len(placed[b]) < n:
+            room = [i for i in range(len(c.devices)) if i not in placed[b]
+                    and free[i] >= w.sizes[b]]
+            if not room:
+                break  # fewer replicas than wished: memory is full
+            d = min(room, key=lambda i: (util[i], i))
+            placed[b] += (d,)
+            free[d] -= w.sizes[b]
+            util[d] += share / c.devices[d].speed
     return placed
+
+
+def _chains_by_rate(w: Workload) -> list[tuple[str, ...]]:
+    """Chains, most requested first; blocks no chain names follow as chains of one."""
+    chains = sorted(w.chains.items(), key=lambda kv: (-w.chain_rates.get(kv[0], 0.0), kv[0]))
+    out = [tuple(ch) for _, ch in chains]
+    named = {b for ch in out for b in ch}
+    return out + [(b,) for b in sorted(w.sizes) if b not in named]
 
 
 def round_robin(w: Workload, c: Cluster) -> Placement:

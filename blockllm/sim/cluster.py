@@ -72,8 +72,9 @@ class SimResult:
     e2e: dict[int, float]
     transfers: int
     transfer_s: float
-    busy_s: list[float]
+    busy_s: list[float]  # per device
     makespan: float
+    block_busy_s: dict[str, float] = field(default_factory=dict)  # per block: its load history
 
 
 def simulate(requests: Sequence[SimRequest], chains: Mapping[str, list[str]],
@@ -118,6 +119,7 @@ def simulate(requests: Sequence[SimRequest], chains: Mapping[str, list[str]],
         dt = curve_time(curves[block], tokens) / cluster.devices[d].speed
         free_at[d] = t + dt
         busy[d] += dt
+        res.block_busy_s[block] = res.block_busy_s.get(block, 0.0) + dt
         push(t + dt, "done", (d, batch))
 
     for r in requests:

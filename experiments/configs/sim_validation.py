@@ -1,0 +1,73 @@
+"""The simulator checked against real runs: the traces of experiment 1 replayed in
+blockllm.sim.cluster on one device, with latency curves measured here on the zoo's own blocks
+(workers.profile_latency, as the engine profiles them), against what the real blockllm server
+measured on the same traces. Run after `latency_vs_rate` at the same scale.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from blockllm.runtime.placement import Cluster, Device
+from blockllm.sim.cluster import SimRequest, simulate
+from experiments.summary import load
+
+SCALES = {"toy": None, "cpu-small": None, "gpu-full": None}  # follows latency_vs_rate's scale
+
+
+def _curves(zoo_dir: str | None, models: list[str]):
+    """Engine keys of every chain entry (shared blocks share a key) and a latency curve per
+    key, profiled once per block shape."""
+    from blockllm.runtime.config import EngineConfig
+    from blockllm.runtime.engine import Engine
+    from blockllm.runtime.workers import profile_latency
+    from blockllm.zoo.store import Zoo
+    zoo = Zoo(zoo_dir)
+    eng = Engine(zoo, models, EngineConfig(memory_budget=1 << 40))
+    chains, curves, by_shape = {}, {}, {}
+    for m in models:
+        keys = []
+        for e in eng.chains[m]:
+            key = eng.key(m, e)
+            keys.append(str(key))
+            if str(key) not in curves:
+                info = eng.info[e.block]
+                shape = (info.kind, json.dumps(info.signature, sort_keys=True))
+                if shape not in by_shape:
+                    by_shape[shape] = profile_latency(eng.worker(key, e, m))
+                curves[str(key)] = by_shape[shape]
+        chains[m] = keys
+    return chains, curves, {m: zoo.tokenizer(m) for m in models}
+
+
+def run(scale: str, out: Path, zoo: str | None, models: list[str]) -> list[Path]:
+    runs = sorted(out.glob(f"latency_vs_rate-{scale}-*-blockllm.jsonl"))
+    if not runs:
+        raise FileNotFoundError(f"run `blockllm bench run latency_vs_rate --scale {scale}` "
+                                "first: the simulator is checked against its results")
+    chains = curves = toks = None
+    rows = []
+    for path in runs:
+        header, real, _ = load(path)
+        trace = json.loads((out / "traces" /
+                            f"latency_vs_rate-{scale}-r{header['rate']:g}.json").read_text())
+        if chains is None:
+            chains, curves, toks = _curves(zoo, trace["models"])
+        real = real[real["status"] == "ok"]
+        by_i = {int(r.i): int(r.tokens) for r in real.itertuples()}
+        reqs = [SimRequest(r["i"], r["model"], r["t"], len(toks[r["model"]].encode(r["prompt"])),
+                           max(1, by_i[r["i"]])) for r in trace["requests"] if r["i"] in by_i]
+        sim = simulate(reqs, chains, curves, {b: (0,) for b in curves},
+                       Cluster((Device(0, 1 << 40),)), 0.0)
+        s = np.array([sim.e2e[r.i] for r in reqs])
+        for q in (50, 95):
+            real_q, sim_q = float(real["e2e"].quantile(q / 100)), float(np.percentile(s, q))
+            rows.append({"rate": header["rate"], "quantile": f"p{q}", "real_s": real_q,
+                         "sim_s": sim_q, "error_pct": 100 * (sim_q - real_q) / real_q})
+    path = out / f"sim_validation-{scale}.json"
+    path.write_text(json.dumps({"experiment": "sim_validation", "scale": scale,
+                                "rows": rows}, indent=1))
+    return [path]
