@@ -71,17 +71,23 @@ def pick(engine) -> Hashable | None:
         for t, req in q:
             if not _can_run(engine, key, req):
                 continue
-            penalty = _load_penalty(engine, key, req)
-            if by_arrival:
-                rank = (0, 0, 0, req.arrival + penalty)
-            elif now - t > engine.cfg.wave_wait_s + penalty:
-                rank = (0, 0, 0, t)  # stalled: oldest first
-            else:
-                rank = (1, penalty > 0, req.stage, t)
+            rank = queue_rank(req.stage, t, req.arrival, _load_penalty(engine, key, req), now,
+                              by_arrival, engine.cfg.wave_wait_s)
             if best_rank is None or rank < best_rank:
                 best, best_rank = key, rank
             break
     return best
+
+
+def queue_rank(stage: int, queued_at: float, arrival: float, penalty: float, now: float,
+               by_arrival: bool, wave_wait_s: float) -> tuple:
+    """Sort key of a queue by its head request (smallest runs first); see `pick`. Pure: the
+    cluster simulator ranks its device queues with it too."""
+    if by_arrival:
+        return (0, 0, 0, arrival + penalty)
+    if now - queued_at > wave_wait_s + penalty:
+        return (0, 0, 0, queued_at)  # stalled: oldest first
+    return (1, penalty > 0, stage, queued_at)
 
 
 def _load_penalty(engine, key: Hashable, req: Request) -> float:

@@ -2,10 +2,10 @@
 
 It runs a trace with the engine's own decisions: placement and routing from
 blockllm.runtime.placement, each block's batch limit from blockllm.runtime.batch_policy over
-a latency curve, and at each device the engine's rule for what runs next (the block whose
-oldest queued request has waited longest, then as many queued requests as fit the block's
-limit). What it adds is time: a block call takes its latency curve's time at the batch's
-token count, divided by the device's speed; a hop between devices takes the link's transfer
+a latency curve, and at each device the engine's rule for what runs next (the queue that
+ranks first by scheduling.queue_rank: waves in chain order, stalled queues first; then as
+many queued requests as fit the block's limit). What it adds is time: a block call takes its
+latency curve's time at the batch's token count, divided by the device's speed; a hop between devices takes the link's transfer
 time for the hidden states it carries. Each request's KV stays on the replica that ran its
 first pass, and later passes are routed there (KV affinity).
 
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from blockllm.runtime.batch_policy import batch_limit
 from blockllm.runtime.placement import Cluster, Placement, route
+from blockllm.runtime.scheduling import queue_rank
 
 
 def curve_time(curve: Sequence[tuple[int, float]], tokens: int) -> float:
@@ -80,7 +81,7 @@ class SimResult:
 def simulate(requests: Sequence[SimRequest], chains: Mapping[str, list[str]],
              curves: Mapping[str, Sequence[tuple[int, float]]], placement: Placement,
              cluster: Cluster, hop_bytes_per_token: float,
-             latency_target_s: float | None = None) -> SimResult:
+             latency_target_s: float | None = None, wave_wait_s: float = 1.0) -> SimResult:
     limits = {b: batch_limit(c, latency_target_s) for b, c in curves.items()}
     n_dev = len(cluster.devices)
     queues: list[dict[str, list[tuple[float, int, _State]]]] = [{} for _ in range(n_dev)]
@@ -110,7 +111,8 @@ def simulate(requests: Sequence[SimRequest], chains: Mapping[str, list[str]],
     def start_device(t: float, d: int) -> None:
         if free_at[d] > t or not any(queues[d].values()):
             return
-        block = min((q[0][0], b) for b, q in queues[d].items() if q)[1]  # oldest waiting first
+        block = min((queue_rank(q[0][2].stage, q[0][0], q[0][2].req.t, 0.0, t, False,
+                                wave_wait_s), b) for b, q in queues[d].items() if q)[1]
         q, batch, tokens = queues[d][block], [], 0
         while q and (not batch or tokens + q[0][2].pass_tokens <= limits[block]):
             _, _, st = q.pop(0)
