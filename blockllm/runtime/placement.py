@@ -90,11 +90,13 @@ def replicas_needed(w: Workload, n_devices: int, target_util: float = 0.7) -> di
             for b in w.sizes}
 
 
-def locality_aware(w: Workload, c: Cluster, target_util: float = 0.7) -> Placement:
+def locality_aware(w: Workload, c: Cluster, target_util: float = 0.7,
+                   slack: float = 0.1) -> Placement:
     """Two levels, deterministic. (1) Servers: chains in order of popularity, each block in
-    chain order goes to the server of its predecessor while that server has memory and compute
-    left (so a chain crosses the slow network as rarely as capacity allows), else to the
-    server with the most compute left. (2) GPUs of a server: the server's blocks, in the order
+    chain order goes to the server of its predecessor while that server has memory and its
+    share of the load left (its compute's share of the total, plus `slack`), so a chain
+    crosses the slow network as rarely as balance allows, else to the server with the most
+    share left. (2) GPUs of a server: the server's blocks, in the order
     they were assigned, are cut into contiguous spans of about equal load, one per GPU, so a
     pass hops between GPUs only at span ends (over the fast link) and consecutive stages
     pipeline. (3) Blocks busier than `target_util` of a device get extra replicas on the
@@ -102,7 +104,11 @@ def locality_aware(w: Workload, c: Cluster, target_util: float = 0.7) -> Placeme
     servers = sorted({d.server for d in c.devices})
     gpus = {s: [i for i, d in enumerate(c.devices) if d.server == s] for s in servers}
     mem = {s: sum(c.devices[i].memory for i in gpus[s]) for s in servers}
-    cap = {s: target_util * sum(c.devices[i].speed for i in gpus[s]) for s in servers}
+    # each server takes about its share of the load (by compute): as balanced as round-robin,
+    # so locality does not buy fewer hops with hot GPUs
+    total = sum(w.demand.get(b, 0.0) for b in w.sizes)
+    speed = {s: sum(c.devices[i].speed for i in gpus[s]) for s in servers}
+    cap = {s: total * speed[s] / sum(speed.values()) * (1 + slack) for s in servers}
     order: dict[int, list[str]] = {s: [] for s in servers}
     home: dict[str, int] = {}
     for chain in _chains_by_rate(w):
