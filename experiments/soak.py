@@ -116,8 +116,9 @@ async def soak(url: str, models: list[str], duration_s: float, max_requests: int
         async def worker():
             while time.monotonic() < end and tally["sent"] < max_requests:
                 await _one(client, url, models, rng, tally, reasons, client_timeout)
-                bar.n = int(duration_s - max(0.0, end - time.monotonic()))
-                bar.refresh()
+                done = int(duration_s - max(0.0, end - time.monotonic()))
+                if done > bar.n:
+                    bar.update(done - bar.n)
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     bar.close()
     return tally, reasons
