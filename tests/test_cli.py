@@ -57,7 +57,7 @@ def test_user_errors_are_one_line_without_traceback(zoo, tmp_path):
                           check=False), "unknown file format")
     assert_user_error(run("zoo", "add", "dummy:tiny", "--name", "t", "--zoo", zoo, check=False),
                       "already in the zoo")
-    assert_user_error(run("generate", "t", "x" * 300, "--max-tokens", "10", "--zoo", zoo,
+    assert_user_error(run("generate", "t", "x" * 1100, "--max-tokens", "10", "--zoo", zoo,
                           check=False), "context length")
     assert_user_error(run("zoo", "show", "ghost", "--zoo", zoo, check=False), "ghost")
     # corrupt a block: verify exits 1 naming it, generate refuses with a one-line error

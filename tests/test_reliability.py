@@ -193,3 +193,38 @@ def test_soak_short_run_loses_nothing(zoo, tmp_path):
     assert r["lost"] == 0 and r["unaccounted"] == 0 and r["kv_pages_used_end"] == 0
     assert r["answered"] > 0 and r["rejected"] > 0 and r["disconnected"] > 0
     assert r["health_end"] == "ok" and r["running_end"] == 0
+
+
+def test_a_corrupt_block_fails_its_requests_by_name_and_others_are_served(tmp_path):
+    from blockllm.zoo.ingest import add_source
+    from blockllm.zoo.store import Zoo
+    from tests.conftest import tiny_source
+    zoo = Zoo(tmp_path / "zoo")
+    add_source(zoo, tiny_source(seed=0), "good")
+    add_source(zoo, tiny_source(seed=3), "bad")
+    victim = zoo.chain("bad")[2].block
+    path = zoo.block_path(victim)
+    data = bytearray(path.read_bytes())
+    data[-7] ^= 0x01  # one bit of one weight, found by the hash check at load
+    path.write_bytes(bytes(data))
+    with live_server(zoo.root, ["good", "bad"]) as (url, _):
+        body = {"prompt": "hello", "max_tokens": 3, "temperature": 0}
+        r = httpx.post(url + "/v1/completions", json={**body, "model": "bad"}, timeout=60)
+        _ok_error(r, 500, victim[:12])
+        assert "hash check" in r.json()["error"]["message"]
+        ok = httpx.post(url + "/v1/completions", json={**body, "model": "good"}, timeout=60)
+        assert ok.status_code == 200 and httpx.get(url + "/health").json()["status"] == "ok"
+
+
+def test_hf_generate_baseline_has_the_same_guards(zoo):
+    from experiments.server_proc import server_process
+    argv = ["-m", "baselines.hf_generate", "--zoo", str(zoo.root), "--models", "base",
+            "--api-key", KEY]
+    with server_process(argv, timeout_s=120) as (url, _):
+        body = {"model": "base", "prompt": "hi", "max_tokens": 2}
+        _ok_error(httpx.post(url + "/v1/completions", json=body), 401, "API key")
+        big = {**body, "prompt": "x" * (2 << 20)}
+        _ok_error(httpx.post(url + "/v1/completions", json=big, headers=_auth()), 413, "body")
+        r = httpx.post(url + "/v1/completions", json=body, headers=_auth(), timeout=120)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+        assert httpx.get(url + "/health").status_code == 200

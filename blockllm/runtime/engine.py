@@ -59,8 +59,10 @@ class Engine:
         self._ids = itertools.count()
         self.on_token: Callable[[Request, int], None] | None = None
         self.on_finish: Callable[[Request], None] | None = None
+        # step_seconds = block_seconds (inside block calls) + load_seconds + the engine's own work
         self.counters = {"steps": 0, "preemptions": 0, "deadlocks": 0, "cold_loads": 0,
-                         "block_failures": 0}
+                         "block_failures": 0, "step_seconds": 0.0, "block_seconds": 0.0,
+                         "load_seconds": 0.0}
         self.last_batch: dict[Hashable, int] = {}
 
     # ---- keys, chains, sizes ------------------------------------------------------------
@@ -153,6 +155,7 @@ class Engine:
 
     def step(self) -> None:
         """Admit what fits, then run one block's batch. No-op when idle."""
+        t0 = time.perf_counter()
         admit(self)
         key = pick(self)
         if key is None:
@@ -161,6 +164,7 @@ class Engine:
             return
         run_batch(self, key, take(self, key))
         self.counters["steps"] += 1
+        self.counters["step_seconds"] += time.perf_counter() - t0
 
     def _dequeue(self, req: Request) -> None:
         for q in self.queues.values():

@@ -119,6 +119,7 @@ def _ensure_resident(engine, key: Hashable, req: Request) -> bool:
     if embed_key is not None:
         need[embed_key] = engine.info[req.chain[0].block].nbytes
     by_key = {engine.key(req.model, e): e for e in req.chain}
+    t0 = time.perf_counter()
     load, evict = engine.residency.plan(need)
     for k in evict:
         engine.workers.pop(k, None)
@@ -127,6 +128,8 @@ def _ensure_resident(engine, key: Hashable, req: Request) -> bool:
         engine.worker(k, by_key[k], req.model)
         engine.residency.add(k, need[k])
     engine.residency.touch(need)
+    if load:
+        engine.counters["load_seconds"] += time.perf_counter() - t0
     return bool(load)
 
 
@@ -179,7 +182,9 @@ def run_batch(engine, key: Hashable, reqs: list[Request]) -> None:
         tied = engine.workers[embed_key].module.embed_tokens.weight
     try:
         maybe_inject_fault()
+        t0 = time.perf_counter()
         outs = worker.run(inputs, pool, table, seq, adapters, tied)
+        engine.counters["block_seconds"] += time.perf_counter() - t0
     except Exception as e:  # a failing block ends its batch's requests, not the server
         engine.block_failed(key, reqs, e)
         return

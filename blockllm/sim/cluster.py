@@ -81,7 +81,14 @@ class SimResult:
 def simulate(requests: Sequence[SimRequest], chains: Mapping[str, list[str]],
              curves: Mapping[str, Sequence[tuple[int, float]]], placement: Placement,
              cluster: Cluster, hop_bytes_per_token: float,
-             latency_target_s: float | None = None, wave_wait_s: float = 1.0) -> SimResult:
+             latency_target_s: float | None = None, wave_wait_s: float = 1.0,
+             call_overhead_s: float = 0.0,
+             first_use_s: Mapping[str, float] | None = None) -> SimResult:
+    """Replay `requests`. `call_overhead_s`: the engine's own time per block call (measured:
+    Engine counters step_seconds - block_seconds - load_seconds, per step). `first_use_s`:
+    a block's cold start on a device (load, hash check, build, latency profile), paid by its
+    first call there; devices start empty."""
+    loaded: set[tuple[int, str]] = set()
     limits = {b: batch_limit(c, latency_target_s) for b, c in curves.items()}
     n_dev = len(cluster.devices)
     queues: list[dict[str, list[tuple[float, int, _State]]]] = [{} for _ in range(n_dev)]
@@ -118,7 +125,10 @@ def simulate(requests: Sequence[SimRequest], chains: Mapping[str, list[str]],
             _, _, st = q.pop(0)
             batch.append(st)
             tokens += st.pass_tokens
-        dt = curve_time(curves[block], tokens) / cluster.devices[d].speed
+        dt = curve_time(curves[block], tokens) / cluster.devices[d].speed + call_overhead_s
+        if first_use_s and (d, block) not in loaded:
+            loaded.add((d, block))
+            dt += first_use_s.get(block, 0.0)
         free_at[d] = t + dt
         busy[d] += dt
         res.block_busy_s[block] = res.block_busy_s.get(block, 0.0) + dt

@@ -1,12 +1,15 @@
 """The simulator checked against real runs: the traces of experiment 1 replayed in
 blockllm.sim.cluster on one device, with latency curves measured here on the zoo's own blocks
-(workers.profile_latency, as the engine profiles them), against what the real blockllm server
-measured on the same traces. Run after `latency_vs_rate` at the same scale.
+(workers.profile_latency, as the engine profiles them), the engine's own time per block call
+(measured from its counters on a sample of the trace) and each block's cold start (timed on
+the engine's own load path), against what the real blockllm
+server measured on the same traces. Run after `latency_vs_rate` at the same scale.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,7 @@ def _curves(zoo_dir: str | None, models: list[str]):
     from blockllm.zoo.store import Zoo
     zoo = Zoo(zoo_dir)
     eng = Engine(zoo, models, EngineConfig(memory_budget=1 << 40))
-    chains, curves, by_shape = {}, {}, {}
+    chains, curves, by_shape, cold = {}, {}, {}, {}
     for m in models:
         keys = []
         for e in eng.chains[m]:
@@ -36,11 +39,26 @@ def _curves(zoo_dir: str | None, models: list[str]):
             if str(key) not in curves:
                 info = eng.info[e.block]
                 shape = (info.kind, json.dumps(info.signature, sort_keys=True))
+                t0 = time.perf_counter()  # the engine's cold path: load, hash, build, profile
+                worker = eng.worker(key, e, m)
+                cold[str(key)] = time.perf_counter() - t0
                 if shape not in by_shape:
-                    by_shape[shape] = profile_latency(eng.worker(key, e, m))
+                    by_shape[shape] = profile_latency(worker)
                 curves[str(key)] = by_shape[shape]
         chains[m] = keys
-    return chains, curves, {m: zoo.tokenizer(m) for m in models}
+    return eng, chains, curves, cold, {m: zoo.tokenizer(m) for m in models}
+
+
+def _overhead_per_call(eng, reqs: list[SimRequest], toks_of) -> float:
+    """The engine's own seconds per block call (admission, picking, batching, sampling), from
+    its counters over a warm in-process run of a sample of the trace, all submitted at once."""
+    before = dict(eng.counters)
+    for r in reqs:
+        eng.submit(r.model, toks_of(r), max_tokens=r.max_tokens, stop_ids=frozenset())
+    while eng.has_work():
+        eng.step()
+    d = {k: eng.counters[k] - before[k] for k in eng.counters}
+    return (d["step_seconds"] - d["block_seconds"] - d["load_seconds"]) / max(1, d["steps"])
 
 
 def run(scale: str, out: Path, zoo: str | None, models: list[str]) -> list[Path]:
@@ -48,25 +66,30 @@ def run(scale: str, out: Path, zoo: str | None, models: list[str]) -> list[Path]
     if not runs:
         raise FileNotFoundError(f"run `blockllm bench run latency_vs_rate --scale {scale}` "
                                 "first: the simulator is checked against its results")
-    chains = curves = toks = None
+    chains = curves = toks = overhead = None
     rows = []
     for path in runs:
         header, real, _ = load(path)
         trace = json.loads((out / "traces" /
                             f"latency_vs_rate-{scale}-r{header['rate']:g}.json").read_text())
-        if chains is None:
-            chains, curves, toks = _curves(zoo, trace["models"])
         real = real[real["status"] == "ok"]
         by_i = {int(r.i): int(r.tokens) for r in real.itertuples()}
-        reqs = [SimRequest(r["i"], r["model"], r["t"], len(toks[r["model"]].encode(r["prompt"])),
+        if chains is None:
+            eng, chains, curves, cold, toks = _curves(zoo, trace["models"])
+        prompts = {r["i"]: toks[r["model"]].encode(r["prompt"]) for r in trace["requests"]}
+        reqs = [SimRequest(r["i"], r["model"], r["t"], len(prompts[r["i"]]),
                            max(1, by_i[r["i"]])) for r in trace["requests"] if r["i"] in by_i]
+        if overhead is None:
+            overhead = _overhead_per_call(eng, reqs[:8], lambda r: prompts[r.i])
         sim = simulate(reqs, chains, curves, {b: (0,) for b in curves},
-                       Cluster((Device(0, 1 << 40),)), 0.0)
+                       Cluster((Device(0, 1 << 40),)), 0.0, call_overhead_s=overhead,
+                       first_use_s=cold)
         s = np.array([sim.e2e[r.i] for r in reqs])
         for q in (50, 95):
             real_q, sim_q = float(real["e2e"].quantile(q / 100)), float(np.percentile(s, q))
             rows.append({"rate": header["rate"], "quantile": f"p{q}", "real_s": real_q,
-                         "sim_s": sim_q, "error_pct": 100 * (sim_q - real_q) / real_q})
+                         "sim_s": sim_q, "error_pct": 100 * (sim_q - real_q) / real_q,
+                         "call_overhead_s": overhead})
     path = out / f"sim_validation-{scale}.json"
     path.write_text(json.dumps({"experiment": "sim_validation", "scale": scale,
                                 "rows": rows}, indent=1))
