@@ -13,8 +13,11 @@ from pathlib import Path
 from paper_figures._save import largest_scale
 
 
-def _pct_lower(ours: float, theirs: float) -> str:
-    return f"{100 * (1 - ours / theirs):+.0f}%".replace("+", "") if theirs else "n/a"
+def _vs(ours: float, theirs: float) -> str:
+    if not theirs:
+        return "n/a"
+    d = 100 * (1 - ours / theirs)
+    return f"{d:.0f}% lower" if d >= 0 else f"{-d:.0f}% higher"
 
 
 def latency_rows(runs: Path) -> list[str]:
@@ -25,7 +28,7 @@ def latency_rows(runs: Path) -> list[str]:
     for rate, g in df.groupby("rate"):
         ref = g[g["system"] == "per_model"]["e2e_p95"]
         for _, r in g.sort_values("system").iterrows():
-            vs = _pct_lower(r["e2e_p95"], float(ref.iloc[0])) + " lower" \
+            vs = _vs(r["e2e_p95"], float(ref.iloc[0])) \
                 if len(ref) and r["system"] != "per_model" else ""
             out.append(f"| {rate:g} | {r['system']} | {r['e2e_p95']:.1f} | {r['ttft_p95']:.2f} | "
                        f"{r['tokens_per_s']:.1f} | {r['util_mean']:.2f} | "
