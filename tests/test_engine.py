@@ -174,7 +174,6 @@ def test_a_failing_block_ends_its_batch_frees_its_kv_and_the_engine_keeps_servin
     while eng.has_work():
         eng.step()  # every block loaded once
     key = eng.key("base", zoo.chain("base")[2])
-    real = eng.workers[key].run
 
     def broken(*a, **k):
         raise RuntimeError("device lost")
@@ -191,4 +190,3 @@ def test_a_failing_block_ends_its_batch_frees_its_kv_and_the_engine_keeps_servin
     while eng.has_work():
         eng.step()
     assert again.output == ref["base"][0] and eng.workers[key].run != broken  # reloaded
-    assert real is not None
