@@ -22,7 +22,7 @@ from collections import OrderedDict
 import click
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 
 class HFServer:
@@ -94,14 +94,10 @@ class HFServer:
 
 
 def create_app(server: HFServer, api_key: str | None = None) -> FastAPI:
+    from blockllm.server.app import error
     from blockllm.server.guards import Guards
     app = FastAPI(title="hf_generate baseline")
     app.add_middleware(Guards, api_key=api_key)
-
-    def error(status, message, headers=None):
-        return JSONResponse(status_code=status, headers=headers, content={"error": {
-            "message": message, "type": "invalid_request_error", "param": None,
-            "code": status}})
 
     @app.get("/health")
     async def health():
@@ -124,7 +120,7 @@ def create_app(server: HFServer, api_key: str | None = None) -> FastAPI:
         if not isinstance(prompt, str) or not prompt or max_tokens < 1:
             return error(400, "prompt must be a non-empty string and max_tokens >= 1")
         if server.inbox.qsize() >= server.max_waiting:
-            return error(429, "the server is busy; retry later", {"Retry-After": "1"})
+            return error(429, "the server is busy; retry later", headers={"Retry-After": "1"})
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         server.inbox.put({"model": model, "prompt": prompt, "max_tokens": max_tokens,

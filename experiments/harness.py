@@ -84,6 +84,12 @@ async def replay(url: str, trace: dict, timeout_s: float = 600) -> list[Record]:
     return recs
 
 
+def process_rss(pid: int) -> int:
+    """Resident bytes of a process (Linux /proc)."""
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 class Sampler(threading.Thread):
     """Utilization every `period` s: NVML on a GPU, else the server process's CPU and RSS."""
 
@@ -109,8 +115,7 @@ class Sampler(threading.Thread):
         return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
 
     def _rss(self) -> int:
-        with open(f"/proc/{self.pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return process_rss(self.pid)
 
     def run(self) -> None:
         last_t, last_cpu = time.perf_counter(), self._cpu_seconds() if not self._nvml else 0

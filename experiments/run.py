@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from experiments.harness import Sampler, replay
-from experiments.server_proc import server_process
+from experiments.server_proc import metric, server_process
 
 SERVE = ["-m", "blockllm.cli", "serve"]
 SYSTEMS = {  # name -> the server command after `python`; every one takes --models, --port,
@@ -67,8 +67,8 @@ def run_system(system: str, trace: dict, zoo: str | None, serve_args: list[str],
     header = {"system": system, **label, "trace_config": trace["config"], "wall_s": wall,
               "command": SYSTEMS[system] + serve_args, "sampler": sampler.kind,
               "env": environment(),
-              "preemptions": _metric(server_metrics, "blockllm_preemptions_total"),
-              "cold_loads": _metric(server_metrics, "blockllm_cold_loads_total")}
+              "preemptions": metric(server_metrics, "blockllm_preemptions_total"),
+              "cold_loads": metric(server_metrics, "blockllm_cold_loads_total")}
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as f:
         f.write(json.dumps({"header": header}) + "\n")
@@ -76,10 +76,3 @@ def run_system(system: str, trace: dict, zoo: str | None, serve_args: list[str],
             f.write(json.dumps({"request": {**asdict(r), "tpot": r.tpot}}) + "\n")
         f.write(json.dumps({"samples": samples}) + "\n")
     return out
-
-
-def _metric(text: str, name: str) -> float | None:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    return None

@@ -13,6 +13,13 @@ from collections.abc import Iterator
 import httpx
 
 
+def metric(text: str, name: str) -> float | None:
+    """Sum of a metric's samples (all label sets) in Prometheus text; None if it is absent."""
+    values = [float(line.split()[-1]) for line in text.splitlines()
+              if line.startswith(name + " ") or line.startswith(name + "{")]
+    return sum(values) if values else None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

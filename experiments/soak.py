@@ -23,7 +23,8 @@ import click
 import httpx
 from tqdm import tqdm
 
-from experiments.server_proc import server_process
+from experiments.harness import process_rss
+from experiments.server_proc import metric, server_process
 
 BAD_BODIES = [
     b"{not json", b'{"model": "M", "prompt": "\xff\xfe"}', b"[]", b'{"model": "M"}',
@@ -32,18 +33,6 @@ BAD_BODIES = [
     b'{"model": "M", "prompt": "x", "n": 5}', b'{"model": "../../etc/passwd", "prompt": "x"}',
     b'{"model": "M", "prompt": "x", "stop": ' + json.dumps(["s"] * 64).encode() + b"}",
 ]
-
-
-def _rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def _gauge(text: str, name: str) -> float:
-    return sum(float(x.split()[-1]) for x in text.splitlines()
-               if x.startswith(name + " ") or x.startswith(name + "{"))
 
 
 async def _one(client: httpx.AsyncClient, url: str, models: list[str], rng: random.Random,
@@ -146,22 +135,23 @@ def main(zoo_dir, models, duration, max_requests, concurrency, seed, client_time
         for m in names:  # warm: load every block once, so memory is compared warm to warm
             httpx.post(url + "/v1/completions", json={"model": m, "prompt": "hi",
                                                       "max_tokens": 2}, timeout=300)
-        rss0 = _rss(proc.pid)
+        rss0 = process_rss(proc.pid)
         t0 = time.monotonic()
         tally, reasons = asyncio.run(soak(url, names, duration, max_requests, concurrency, seed,
                                           client_timeout))
         wall = time.monotonic() - t0
         time.sleep(2)  # let aborted requests drain
         metrics = httpx.get(url + "/metrics", timeout=30).text
-        rss1 = _rss(proc.pid)
+        rss1 = process_rss(proc.pid)
         alive = httpx.get(url + "/health", timeout=30).json()["status"]
     report = {"duration_s": wall, "models": names, "serve_args": serve_args, "seed": seed,
               "concurrency": concurrency, **{k: tally[k] for k in (
                   "sent", "answered", "rejected", "failed", "disconnected", "lost")},
               "reasons": dict(reasons.most_common()), "rss_start": rss0, "rss_end": rss1,
-              "kv_pages_used_end": _gauge(metrics, "blockllm_kv_pages_used"),
-              "running_end": _gauge(metrics, "blockllm_requests_running"),
-              "waiting_end": _gauge(metrics, "blockllm_requests_waiting"), "health_end": alive}
+              "kv_pages_used_end": metric(metrics, "blockllm_kv_pages_used") or 0.0,
+              "running_end": metric(metrics, "blockllm_requests_running") or 0.0,
+              "waiting_end": metric(metrics, "blockllm_requests_waiting") or 0.0,
+              "health_end": alive}
     accounted = sum(report[k] for k in ("answered", "rejected", "failed", "disconnected", "lost"))
     report["unaccounted"] = report["sent"] - accounted
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from blockllm.runtime.placement import (
     Workload,
     cluster_of,
     locality_aware,
+    memory_used,
     migration,
     random_placement,
     replicas_needed,
@@ -82,10 +83,7 @@ def test_hot_blocks_are_replicated_and_memory_is_respected():
     c = cluster_of(PAPER_CLUSTER, memory=100 << 20)
     place = locality_aware(hot, c)
     assert len(place["emb"]) == 4 and len(set(place["emb"])) == 4
-    used = [0] * 12
-    for b, hosts in place.items():
-        for d in hosts:
-            used[d] += w.sizes[b]
+    used = memory_used(place, w.sizes, 12)
     assert max(used) <= 100 << 20
     with pytest.raises(PlacementError):
         locality_aware(w, cluster_of((1,), memory=50 << 20))

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from experiments.server_proc import metric
 from tests.live_server import live_server
 from tests.test_zoo import four_model_zoo
 
@@ -36,8 +37,7 @@ def _auth(**h):
 
 def _metric(url: str, name: str, headers=None) -> float:
     text = httpx.get(url + "/metrics", headers=_auth() if headers is None else headers).text
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith(name + " ") or line.startswith(name + "{"))
+    return metric(text, name) or 0.0
 
 
 def _ok_error(r: httpx.Response, status: int, word: str) -> None:

@@ -17,12 +17,9 @@ class Residency:
     def __init__(self, budget_bytes: int):
         self.budget = budget_bytes
         self._lru: OrderedDict[Hashable, int] = OrderedDict()  # key -> bytes, oldest first
+        self.used = 0  # bytes resident: kept up to date by add/remove (read on every step)
         self.loads = 0
         self.evictions = 0
-
-    @property
-    def used(self) -> int:
-        return sum(self._lru.values())
 
     def resident(self, key: Hashable) -> bool:
         return key in self._lru
@@ -55,9 +52,10 @@ class Residency:
             self._lru.move_to_end(k)
 
     def add(self, key: Hashable, nbytes: int) -> None:
+        self.used += nbytes - self._lru.get(key, 0)
         self._lru[key] = nbytes
         self.loads += 1
 
     def remove(self, key: Hashable) -> None:
-        del self._lru[key]
+        self.used -= self._lru.pop(key)
         self.evictions += 1

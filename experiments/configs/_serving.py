@@ -3,7 +3,7 @@ same trace replayed against every system (a server started on localhost by the h
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -26,7 +26,7 @@ class Point:
     systems: tuple[str, ...]
     serve_args: tuple[str, ...]  # the same budgets for every system of the point
     models: tuple[str, ...] | None = None  # None: every model given to run_points
-    zoo: str | None = field(default=None)  # None: the zoo given to run_points
+    zoo: str | None = None  # None: the zoo given to run_points
 
 
 def run_points(experiment: str, scale: str, points: list[Point], out: Path, zoo: str | None,

@@ -14,6 +14,7 @@ round-robin placement.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,51 +73,56 @@ def _blocks(n_variants: int):
     return chains, sizes, curves, 2 * h  # fp16 hidden state per token
 
 
-def _passes(chains, rates, block: str) -> float:
-    return sum(rates.get(m, 0.0) for m, chain in chains.items() if block in chain)
+def _cluster_run(s: Scale, shape: tuple[int, ...]):
+    """Models, the seeded trace and the history-derived workload for one cluster (scaled with
+    its GPU count); computed once and shared by every placement compared on it."""
+    factor = sum(shape) / 12
+    chains, sizes, curves, hop = _blocks(round(s.variants * factor))
+    cfg = WorkloadConfig(n_requests=round(s.n_requests * factor), rate=s.rate * factor,
+                         popularity="zipf", seed=7)
+    rng = np.random.default_rng(cfg.seed)
+    t = np.cumsum(inter_arrivals(cfg, rng))
+    names = popularity(cfg, sorted(chains), rng)
+    prompt = rng.integers(*s.prompt_tokens, endpoint=True, size=cfg.n_requests)
+    new = rng.integers(*s.max_tokens, endpoint=True, size=cfg.n_requests)
+    reqs = [SimRequest(i, names[i], float(t[i]), int(prompt[i]), int(new[i]))
+            for i in range(cfg.n_requests)]
+    span = float(t[-1]) or 1.0
+    tokens = Counter()
+    for r in reqs:
+        tokens[r.model] += r.max_tokens
+    rates = {m: tokens[m] / span for m in chains}  # passes per second
+    cluster = cluster_of(shape)
+    # per-block load from history: busy time in a first run of the trace under round-robin
+    passes = workload_from_chains(chains, rates, sizes, dict.fromkeys(sizes, 1.0), hop).demand
+    guess = workload_from_chains(chains, rates, sizes,
+                                 {b: curve_time(c, 1) for b, c in curves.items()}, hop)
+    pilot = simulate(reqs, chains, curves, round_robin(guess, cluster), cluster, hop)
+    w = workload_from_chains(chains, rates, sizes, {
+        b: pilot.block_busy_s.get(b, 0.0) / pilot.makespan / max(1e-9, passes.get(b, 0.0))
+        for b in sizes}, hop)
+    return chains, curves, hop, reqs, w, cluster
 
 
 def run(scale: str, out: Path, zoo=None, models=None) -> list[Path]:
     s = SCALES[scale]
-    rows, history = [], {}
-    jobs = [(name, shape, p) for name, shape in s.clusters for p in PLACEMENTS]
-    for name, shape, pname in tqdm(jobs, desc=f"placement[{scale}]"):
-        factor = sum(shape) / 12
-        chains, sizes, curves, hop = _blocks(round(s.variants * factor))
-        cfg = WorkloadConfig(n_requests=round(s.n_requests * factor), rate=s.rate * factor,
-                             popularity="zipf", seed=7)
-        rng = np.random.default_rng(cfg.seed)
-        t = np.cumsum(inter_arrivals(cfg, rng))
-        names = popularity(cfg, sorted(chains), rng)
-        prompt = rng.integers(*s.prompt_tokens, endpoint=True, size=cfg.n_requests)
-        new = rng.integers(*s.max_tokens, endpoint=True, size=cfg.n_requests)
-        reqs = [SimRequest(i, names[i], float(t[i]), int(prompt[i]), int(new[i]))
-                for i in range(cfg.n_requests)]
-        span = float(t[-1]) or 1.0
-        rates = {m: sum(int(new[i]) for i in range(len(reqs)) if names[i] == m) / span
-                 for m in chains}
-        cluster = cluster_of(shape)
-        if name not in history:  # per-block load from a first run of the trace (round-robin)
-            guess = workload_from_chains(chains, rates, sizes,
-                                         {b: curve_time(c, 1) for b, c in curves.items()}, hop)
-            pilot = simulate(reqs, chains, curves, round_robin(guess, cluster), cluster, hop)
-            history[name] = {b: pilot.block_busy_s.get(b, 0.0) / pilot.makespan
-                             for b in sizes}
-        w = workload_from_chains(chains, rates, sizes, {
-            b: history[name][b] / max(1e-9, _passes(chains, rates, b)) for b in sizes}, hop)
-        place = PLACEMENTS[pname](w, cluster)
-        r = simulate(reqs, chains, curves, place, cluster, hop)
-        e2e, ttft = np.array(list(r.e2e.values())), np.array(list(r.ttft.values()))
-        rows.append({"cluster": name, "gpus": len(cluster.devices), "placement": pname,
-                     "models": len(chains), "requests": len(reqs),
-                     "replicas": sum(len(v) for v in place.values()), "blocks": len(place),
-                     "transfers_per_request": r.transfers / len(reqs),
-                     "transfer_ms_per_request": 1e3 * r.transfer_s / len(reqs),
-                     "e2e_p50": float(np.percentile(e2e, 50)),
-                     "e2e_p95": float(np.percentile(e2e, 95)),
-                     "ttft_p95": float(np.percentile(ttft, 95)),
-                     "util_mean": float(np.mean(r.busy_s)) / r.makespan,
-                     "util_max": float(np.max(r.busy_s)) / r.makespan})
+    rows = []
+    for name, shape in tqdm(s.clusters, desc=f"placement[{scale}]"):
+        chains, curves, hop, reqs, w, cluster = _cluster_run(s, shape)
+        for pname, place_fn in PLACEMENTS.items():
+            place = place_fn(w, cluster)
+            r = simulate(reqs, chains, curves, place, cluster, hop)
+            e2e, ttft = np.array(list(r.e2e.values())), np.array(list(r.ttft.values()))
+            rows.append({"cluster": name, "gpus": len(cluster.devices), "placement": pname,
+                         "models": len(chains), "requests": len(reqs),
+                         "replicas": sum(len(v) for v in place.values()), "blocks": len(place),
+                         "transfers_per_request": r.transfers / len(reqs),
+                         "transfer_ms_per_request": 1e3 * r.transfer_s / len(reqs),
+                         "e2e_p50": float(np.percentile(e2e, 50)),
+                         "e2e_p95": float(np.percentile(e2e, 95)),
+                         "ttft_p95": float(np.percentile(ttft, 95)),
+                         "util_mean": float(np.mean(r.busy_s)) / r.makespan,
+                         "util_max": float(np.max(r.busy_s)) / r.makespan})
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"placement-{scale}.json"
     path.write_text(json.dumps({"experiment": "placement", "scale": scale,
