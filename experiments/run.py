@@ -33,6 +33,7 @@ SYSTEMS = {  # name -> the server command after `python`; every one takes --mode
     "no_sharing": SERVE + ["--equivalence", "--no-sharing"],
     "no_kv_coordination": SERVE + ["--equivalence", "--no-kv-coordination"],
     "fixed_batch": SERVE + ["--equivalence", "--batch-tokens", "256"],  # one limit for all blocks
+    "no_speculation": SERVE + ["--equivalence", "--no-speculation"],
 }
 
 
@@ -68,7 +69,9 @@ def run_system(system: str, trace: dict, zoo: str | None, serve_args: list[str],
               "command": SYSTEMS[system] + serve_args, "sampler": sampler.kind,
               "env": environment(),
               "preemptions": metric(server_metrics, "blockllm_preemptions_total"),
-              "cold_loads": metric(server_metrics, "blockllm_cold_loads_total")}
+              **{name: metric(server_metrics, f"blockllm_{name}_total")
+                 for name in ("cold_loads", "load_seconds", "prefetches", "prefetch_hits",
+                              "prefetch_wasted")}}
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as f:
         f.write(json.dumps({"header": header}) + "\n")

@@ -62,7 +62,8 @@ def test_engine_outputs_equal_the_reference_for_every_model(zoo4, cfg):
     elif cfg.kv_budget < 10_000_000:
         assert eng.counters["deadlocks"] == 0, "coordinated KV never deadlocks"
     if cfg.memory_budget < 1_000_000:
-        assert eng.residency.evictions > 0 and eng.residency.used <= cfg.memory_budget
+        assert sum(m.evictions for m in eng.memory) > 0
+        assert all(m.used <= cfg.memory_budget for m in eng.memory)
     for t in eng.kv.tables.values():
         assert t.free_pages == t.num_pages, "every page is returned"
 
@@ -72,7 +73,7 @@ def test_shared_blocks_batch_requests_of_several_models(zoo4):
     eng, _ = _run_all(zoo, EngineConfig())
     base_embed = zoo.chain("base")[0].block
     assert eng.counters["steps"] < sum(len(zoo.chain(m)) for m in zoo.models()) * N * len(PROMPTS)
-    assert base_embed in eng.workers, "base, ft and lora share one embedding worker"
+    assert eng.hosts[0].has(base_embed), "base, ft and lora share one embedding worker"
     shared = Engine(zoo, zoo.models(), EngineConfig())
     alone = Engine(zoo, zoo.models(), EngineConfig(share_blocks=False))
     assert len(shared.kv.tables) < len(alone.kv.tables)
@@ -177,16 +178,17 @@ def test_a_failing_block_ends_its_batch_frees_its_kv_and_the_engine_keeps_servin
 
     def broken(*a, **k):
         raise RuntimeError("device lost")
-    eng.workers[key].run = broken
+    workers = eng.hosts[0].workers
+    workers[key].run = broken
     hit = eng.submit("base", PROMPTS[0], max_tokens=N, stop_ids=frozenset())
     other = eng.submit("other", PROMPTS[1], max_tokens=N, stop_ids=frozenset())
     while eng.has_work():
         eng.step()
     assert hit.finish_reason.startswith("error: block") and "device lost" in hit.finish_reason
     assert other.output == ref["other"][1]
-    assert eng.counters["block_failures"] == 1 and key not in eng.workers  # dropped
+    assert eng.counters["block_failures"] == 1 and key not in workers  # dropped
     assert all(eng.kv.used_pages(k) == 0 for k in eng.kv.tables), "no KV pages leak"
     again = eng.submit("base", PROMPTS[0], max_tokens=N, stop_ids=frozenset())
     while eng.has_work():
         eng.step()
-    assert again.output == ref["base"][0] and eng.workers[key].run != broken  # reloaded
+    assert again.output == ref["base"][0] and workers[key].run != broken  # reloaded

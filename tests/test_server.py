@@ -16,7 +16,7 @@ N = 16
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def served_zoo(tmp_path_factory):
     root = tmp_path_factory.mktemp("server")
     zoo = four_model_zoo(root)
     models = zoo.models()
@@ -30,13 +30,30 @@ def server(tmp_path_factory):
             if 2 in ids:  # the server stops at EOS (id 2) like generate() would
                 ids = ids[: ids.index(2)]
             expected[m, p] = tok.decode(ids)
-    with live_server(root / "zoo", models) as (url, _):
+    return root / "zoo", models, expected
+
+
+@pytest.fixture(scope="module")
+def server(served_zoo):
+    root, models, expected = served_zoo
+    with live_server(root, models) as (url, _):
         yield url, models, expected
 
 
 def test_openai_client_greedy_equals_transformers_concurrently(server):
+    _all_models_at_once_equal_transformers(*server)
+
+
+def test_ray_backend_server_equals_transformers(served_zoo):
+    """`serve --backend ray --devices 2`: two actor processes hold the blocks; same tokens."""
+    pytest.importorskip("ray")
+    root, models, expected = served_zoo
+    with live_server(root, models, "--backend", "ray", "--devices", "2") as (url, _):
+        _all_models_at_once_equal_transformers(url, models, expected)
+
+
+def _all_models_at_once_equal_transformers(url, models, expected):
     from openai import OpenAI
-    url, models, expected = server
     client = OpenAI(base_url=url + "/v1", api_key="unused")
     jobs = [(m, p) for p in PROMPTS for m in models]
 

@@ -12,15 +12,27 @@ from blockllm.cli.format import parse_bytes
 @click.option("--zoo", "zoo_dir", default=None, type=click.Path(file_okay=False))
 @click.option("--models", required=True, help="Comma-separated zoo models to serve.")
 @click.option("--memory-budget", default="4GiB", show_default=True,
-              help="Block weights resident on the device at once.")
+              help="Block weights resident on each device at once.")
 @click.option("--kv-budget", default="512MiB", show_default=True, help="KV cache bytes.")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--devices", default=1, show_default=True, type=click.IntRange(1),
+              help="Devices to place blocks over: cuda:0..N-1 with --device cuda; with cpu, "
+                   "N hosts sharing the CPU (Ray: N processes).")
+@click.option("--backend", default="local", show_default=True, type=click.Choice(["local", "ray"]),
+              help="local: every device in this process; ray: one Ray actor per device.")
+@click.option("--placement", default="locality", show_default=True,
+              type=click.Choice(["locality", "round_robin", "random"]),
+              help="How blocks are placed on the devices.")
+@click.option("--ray-address", default=None,
+              help="Join this Ray cluster (e.g. ray://head:10001) instead of starting one.")
 @click.option("--dtype", default="float32", show_default=True,
               type=click.Choice(["float32", "bfloat16", "float16"]))
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--no-sharing", is_flag=True, help="Ablation: every model its own blocks.")
 @click.option("--no-kv-coordination", is_flag=True, help="Ablation: per-block KV reservation.")
+@click.option("--no-speculation", is_flag=True,
+              help="Ablation: load blocks only when a batch needs them (no speculative loads).")
 @click.option("--batch-tokens", default=None, type=click.IntRange(1),
               help="Ablation: a fixed batch limit for every block instead of profiled ones.")
 @click.option("--equivalence", is_flag=True,
@@ -37,8 +49,9 @@ from blockllm.cli.format import parse_bytes
               help="Seconds a request may run before it ends with an error.")
 @click.option("--max-body", default="1MiB", show_default=True, help="Largest request body.")
 @user_errors
-def serve(zoo_dir, models, memory_budget, kv_budget, device, dtype, host, port, no_sharing,
-          no_kv_coordination, batch_tokens, equivalence, baseline, api_key, max_waiting,
+def serve(zoo_dir, models, memory_budget, kv_budget, device, devices, backend, placement,
+          ray_address, dtype, host, port, no_sharing,
+          no_kv_coordination, no_speculation, batch_tokens, equivalence, baseline, api_key, max_waiting,
           request_timeout, max_body):
     """Serve zoo models over HTTP (OpenAI API: /v1/completions, /v1/chat/completions)."""
     import uvicorn
@@ -54,7 +67,10 @@ def serve(zoo_dir, models, memory_budget, kv_budget, device, dtype, host, port, 
         cfg = EngineConfig(device=device, dtype=dtype, memory_budget=parse_bytes(memory_budget),
                            kv_budget=parse_bytes(kv_budget), share_blocks=not no_sharing,
                            coordinate_kv=not no_kv_coordination, batch_tokens=batch_tokens,
-                           use_equivalence=equivalence, max_waiting=max_waiting)
+                           use_equivalence=equivalence, max_waiting=max_waiting,
+                           speculate=not no_speculation,
+                           devices=devices, backend=backend, placement=placement,
+                           ray_address=ray_address)
         if baseline == "per-model":
             from baselines.per_model import per_model_config
             cfg = per_model_config(cfg)

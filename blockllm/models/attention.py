@@ -37,6 +37,15 @@ class AttnBatch:
             self._rope[key] = cos_sin(inv_freq, self.positions, dtype)
         return self._rope[key]
 
+    def to(self, device: torch.device | str) -> AttnBatch:
+        """This step's metadata on `device` (built on the driver, used where the block runs)."""
+        dev = torch.device(device)
+        if self.positions.device == dev:
+            return self
+        return AttnBatch(self.positions.to(dev), self.slots.to(dev), self.query_lens,
+                         self.context_lens, self.page_tables.to(dev),
+                         None if self.mask is None else self.mask.to(dev), self.fresh_prefill)
+
     @classmethod
     def build(cls, table: PageTable, seq_ids: list[int], query_lens: list[int],
               device: torch.device | str = "cpu") -> AttnBatch:

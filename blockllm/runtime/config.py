@@ -22,6 +22,13 @@ class EngineConfig:
     residency_unit: str = "block"  # block | model: load and evict whole models (per-model baseline)
     wave_wait_s: float = 1.0  # shared blocks run in waves (earliest chain position first);
     #                           a request queued longer than this at a block goes first
+    devices: int = 1  # hosts: cuda:0..N-1 with device=cuda; N hosts sharing one CPU with cpu
+    backend: str = "local"  # local: hosts in this process | ray: one Ray actor per device
+    placement: str = "locality"  # locality | round_robin | random: blocks onto devices
+    ray_address: str | None = None  # an existing Ray cluster (None: start one on this machine)
+    speculate: bool = True  # load blocks the queued and running requests need next, in the
+    #                         background (runtime.speculation); False: the ablation
+    speculate_ahead: int = 2  # how many blocks ahead along each request's chain
     load_penalty_s: float = 1.0  # per 128 MiB that must be loaded first, the scheduler treats
     #                              that work as this much younger: resident blocks (or models)
     #                              go first, and nothing waits forever
@@ -33,5 +40,13 @@ class EngineConfig:
             raise ValueError("batch_tokens must be >= 1")
         if self.residency_unit not in ("block", "model"):
             raise ValueError("residency_unit is block or model")
+        if self.speculate_ahead < 0:
+            raise ValueError("speculate_ahead must be >= 0")
+        if self.devices < 1:
+            raise ValueError("devices must be >= 1")
+        if self.backend not in ("local", "ray"):
+            raise ValueError("backend is local or ray")
+        if self.placement not in ("locality", "round_robin", "random"):
+            raise ValueError("placement is locality, round_robin or random")
         if self.residency_unit == "model" and self.share_blocks:
             raise ValueError("whole-model residency is the per-model baseline: share_blocks=False")

@@ -1,10 +1,13 @@
-"""The block-chain engine: `step()` = schedule one block's batch, run it, postprocess.
+"""The block-chain engine: `step()` = schedule a block's batch on every idle device, run them,
+postprocess what finished.
 
-Every block (key) has a queue. A request's pass goes embed -> decoder/stitch blocks -> head,
+Every block (key) has a queue and a device (`devices.place_keys`). A request's pass goes embed -> decoder/stitch blocks -> head,
 waiting in each block's queue; a block shared by several models' chains batches all of their
 requests. After the head samples a token the request re-enters the embedding's queue. The
-scheduler picks the block whose oldest queued request waited longest, and takes as many
-requests as fit the block's token limit (profiled from its latency curve, or fixed).
+scheduler picks, for each idle device, one of the blocks placed there (`scheduling.pick`),
+and takes as many requests as fit the block's token limit (profiled from its latency curve,
+or fixed). Devices are hosts (`runtime.hosts`): in this process, or Ray actors that compute
+while the engine schedules the others.
 """
 
 from __future__ import annotations
@@ -17,15 +20,15 @@ from collections.abc import Callable, Hashable
 import torch
 
 from blockllm.errors import Busy, UserError
-from blockllm.models.lora import LoraAdapter
 from blockllm.models.sampling import SamplingParams, sample
 from blockllm.runtime.batch_policy import batch_limit
 from blockllm.runtime.config import EngineConfig
+from blockllm.runtime.devices import is_tied, make_hosts, place_keys
 from blockllm.runtime.kv_manager import KVManager
 from blockllm.runtime.request import Request, State
 from blockllm.runtime.residency import Residency
-from blockllm.runtime.scheduling import admit, pick, reenter, run_batch, take
-from blockllm.runtime.workers import BlockWorker, new_pool, profile_latency
+from blockllm.runtime.scheduling import admit, finish_ready, launch, pick, reenter, take
+from blockllm.runtime.speculation import speculate
 from blockllm.zoo.partition import ChainEntry
 from blockllm.zoo.store import Zoo
 
@@ -47,10 +50,11 @@ class Engine:
         page_bytes = self._page_bytes(next(iter(self.models.values())))
         pages = max(1, config.kv_budget // max(1, len(dec_keys) * page_bytes))
         self.kv = KVManager({k: pages for k in dec_keys}, config.page_size)
-        self.pools = {}
-        self.residency = Residency(config.memory_budget)
-        self.workers: dict[Hashable, BlockWorker] = {}
-        self.adapters: dict[str, LoraAdapter] = {}
+        self.hosts = make_hosts(zoo, config)
+        self.where = place_keys(self)  # key -> index of the host (device) that runs it
+        self.memory = [Residency(config.memory_budget) for _ in self.hosts]  # per device
+        self.inflight: dict[int, tuple] = {}  # device -> (key, kind, requests, epochs,
+        #                                      handle, t0): the batch running there
         self.limits: dict[Hashable, int] = {}
         self._curves: dict[str, list[tuple[int, float]]] = {}
         self.queues: dict[Hashable, deque[tuple[float, Request]]] = {}
@@ -62,7 +66,9 @@ class Engine:
         # step_seconds = block_seconds (inside block calls) + load_seconds + the engine's own work
         self.counters = {"steps": 0, "preemptions": 0, "deadlocks": 0, "cold_loads": 0,
                          "block_failures": 0, "step_seconds": 0.0, "block_seconds": 0.0,
-                         "load_seconds": 0.0}
+                         "load_seconds": 0.0, "prefetches": 0, "prefetch_hits": 0,
+                         "prefetch_wasted": 0}
+        self.speculative: set[Hashable] = set()  # loaded speculatively, not run yet
         self.last_batch: dict[Hashable, int] = {}
 
     # ---- keys, chains, sizes ------------------------------------------------------------
@@ -71,8 +77,28 @@ class Engine:
         """A block's identity in the engine: shared across models unless sharing is off."""
         base = entry.block if self.cfg.share_blocks else (model, entry.block)
         if self.info[entry.block].kind == "head" and self.models[model].tie_word_embeddings:
-            return (base, "tied", self.chains[model][0].block)  # its logits need the embedding
+            # its logits need the embedding's weight: see is_tied
+            return (base, "tied", self.chains[model][0].block)
         return base
+
+    def residency(self, key: Hashable) -> Residency:
+        """The memory of the device that runs `key`."""
+        return self.memory[self.where[key]]
+
+    def resident(self, key: Hashable) -> bool:
+        return self.residency(key).resident(key)
+
+    def memory_used(self) -> int:
+        return sum(r.used for r in self.memory)
+
+    def evict(self, key: Hashable) -> None:
+        """Free the block's weights on its device (its KV pool stays)."""
+        self.hosts[self.where[key]].drop(key)
+        if self.resident(key):
+            self.residency(key).remove(key)
+        if key in self.speculative:
+            self.speculative.discard(key)
+            self.counters["prefetch_wasted"] += 1
 
     def _all_entries(self, model: str):
         seen = list(self.chains[model])
@@ -133,7 +159,8 @@ class Engine:
         from blockllm.zoo.assembly import assemble, chain_blocks
         # blocks resident now, or needed by the other served models anyway, cost nothing extra
         others = set().union(*(chain_blocks(c) for m, c in self.chains.items() if m != model))
-        resident = frozenset(k for k in self.residency.keys() if isinstance(k, str)) | others
+        resident = frozenset(k for r in self.memory for k in r.keys() if isinstance(k, str)) | \
+            others
         load = {k: float(len(q)) for k, q in self.queues.items() if isinstance(k, str)}
         sizes = {b: r.nbytes for b, r in self.info.items()}
         opts = [("exact", self.chains[model], 0.0)] + [
@@ -149,20 +176,31 @@ class Engine:
         self._finish(req, reason)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.inflight)
+
+    def close(self) -> None:
+        """Give the devices back (Ray actors end; local hosts free their tensors)."""
+        for h in self.hosts:
+            h.shutdown()
 
     # ---- the step -------------------------------------------------------------------------
 
     def step(self) -> None:
-        """Admit what fits, then run one block's batch. No-op when idle."""
+        """Admit what fits, start a batch on every idle device, then postprocess at least one
+        finished batch. No-op when idle."""
         t0 = time.perf_counter()
         admit(self)
-        key = pick(self)
-        if key is None:
-            if self.running:  # everything is stuck waiting for KV (uncoordinated mode)
+        for d in range(len(self.hosts)):
+            if d not in self.inflight:
+                key = pick(self, d)
+                if key is not None:
+                    launch(self, d, key, take(self, key))
+        speculate(self)  # loads what comes next while the devices compute
+        if not self.inflight:
+            if self.running and pick(self) is None:  # all stuck waiting for KV (uncoordinated)
                 self._break_deadlock()
             return
-        run_batch(self, key, take(self, key))
+        finish_ready(self)
         self.counters["steps"] += 1
         self.counters["step_seconds"] += time.perf_counter() - t0
 
@@ -174,9 +212,7 @@ class Engine:
 
     def tied_embed_key(self, key: Hashable, req: Request) -> Hashable | None:
         """For a tied head's key, the key of the embedding block its logits need."""
-        if isinstance(key, tuple) and len(key) == 3 and key[1] == "tied":
-            return self.key(req.model, req.chain[0])
-        return None
+        return self.key(req.model, req.chain[0]) if is_tied(key) else None
 
     def _enqueue(self, req: Request) -> None:
         key = self.key(req.model, req.chain[req.stage])
@@ -188,9 +224,7 @@ class Engine:
         self.counters["block_failures"] += 1
         for r in reqs:
             self.abort(r, f"error: block {str(key)[:40]} failed: {exc!r}")
-        self.workers.pop(key, None)
-        if self.residency.resident(key):
-            self.residency.remove(key)
+        self.evict(key)
 
     def _break_deadlock(self) -> None:
         victim = max(self.running.values(), key=lambda r: r.arrival)
@@ -227,34 +261,30 @@ class Engine:
         if self.on_finish is not None:
             self.on_finish(req)
 
-    # ---- blocks on the device ---------------------------------------------------------------
+    # ---- blocks on the devices ----------------------------------------------------------
 
-    def worker(self, key: Hashable, entry: ChainEntry, model: str) -> BlockWorker:
-        if key not in self.workers:
-            block = self.zoo.load_block(entry.block)
-            self.workers[key] = BlockWorker(self.models[model], block, self.device, self.dtype)
-            self.counters["cold_loads"] += 1
-            if self.info[entry.block].kind == "decoder" and key not in self.pools:
-                self.pools[key] = new_pool(self.models[model], block.signature["n_layers"],
-                                           self.kv.tables[key].num_pages, self.cfg.page_size,
-                                           self.dtype, self.device)
-            self.limits[key] = self._limit(self.workers[key], entry)
-        return self.workers[key]
+    def load(self, key: Hashable, entry: ChainEntry, model: str, wait: bool = True) -> None:
+        """Load the block on its device (a decoder's KV pool with it, the first time);
+        wait=False: speculatively, in the background (see runtime.speculation)."""
+        pages = self.kv.tables[key].num_pages if key in self.kv.tables else 0
+        self.hosts[self.where[key]].load(key, entry.block, self.models[model], pages,
+                                         self.cfg.page_size, wait)
+        self.counters["cold_loads"] += 1
 
-    def _limit(self, worker: BlockWorker, entry: ChainEntry) -> int:
+    def limit(self, key: Hashable, entry: ChainEntry) -> int:
+        """The block's batch limit in tokens: fixed, or from its shape's latency curve."""
+        if key not in self.limits:
+            self.limits[key] = self._limit(key, entry)
+        return self.limits[key]
+
+    def _limit(self, key: Hashable, entry: ChainEntry) -> int:
         if self.cfg.batch_tokens is not None:
             return self.cfg.batch_tokens
-        shape = f"{worker.kind}:{sorted(self.info[entry.block].signature.items())}"
+        row = self.info[entry.block]
+        shape = f"{row.kind}:{sorted(row.signature.items())}"
         if shape not in self._curves:  # one profile per block shape, not per block
-            self._curves[shape] = profile_latency(worker)
+            self._curves[shape] = self.hosts[self.where[key]].profile(key)
         return batch_limit(self._curves[shape], self.cfg.latency_target_s)
-
-    def adapter(self, adapter_id: str) -> LoraAdapter:
-        if adapter_id not in self.adapters:
-            blk = self.zoo.load_block(adapter_id)
-            self.adapters[adapter_id] = LoraAdapter(blk.tensors, blk.signature["scaling"]).to(
-                self.device, self.dtype)
-        return self.adapters[adapter_id]
 
     def generate(self, model: str, prompts: list[list[int]], max_tokens: int,
                  params: SamplingParams = SamplingParams(), stop_ids=None) -> list[list[int]]:

@@ -25,7 +25,11 @@ class Residency:
         return key in self._lru
 
     def keys(self) -> list[Hashable]:
+        """Resident keys, least recently used first."""
         return list(self._lru)
+
+    def size(self, key: Hashable) -> int:
+        return self._lru[key]
 
     def plan(self, need: dict[Hashable, int], pinned: Iterable[Hashable] = ()
              ) -> tuple[list[Hashable], list[Hashable]]:

@@ -1,6 +1,7 @@
 """The engine's scheduling decisions: admission, which block runs, its batch, KV re-reservation.
 
-Functions of the engine's state; only `run_batch` calls a worker (the one place tensors move).
+Functions of the engine's state; only `launch` and `finish_ready` talk to the hosts that run
+blocks (the one place tensors move).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from collections.abc import Hashable
 
 import torch
 
+from blockllm.models.attention import AttnBatch
 from blockllm.runtime.faults import maybe_inject_fault
+from blockllm.runtime.hosts import BatchCall
 from blockllm.runtime.request import Request, State
 from blockllm.runtime.residency import OverBudget
 from blockllm.zoo.store import CorruptBlock
@@ -46,8 +49,8 @@ def _can_run(engine, key: Hashable, req: Request) -> bool:
     return table.length(req.id) >= len(req.context) or table.can_append(req.id, len(req.feed))
 
 
-def pick(engine) -> Hashable | None:
-    """Which block runs next.
+def pick(engine, device: int | None = None) -> Hashable | None:
+    """Which block runs next on `device` (None: on any device).
 
     Shared blocks (blockllm) run in waves: the runnable queue whose head is at the earliest
     chain position goes first, oldest first among equals. Requests that fell behind catch up,
@@ -68,6 +71,8 @@ def pick(engine) -> Hashable | None:
     now = time.perf_counter()
     best, best_rank = None, None
     for key, q in engine.queues.items():
+        if device is not None and engine.where[key] != device:
+            continue
         for t, req in q:
             if not _can_run(engine, key, req):
                 continue
@@ -93,10 +98,11 @@ def queue_rank(stage: int, queued_at: float, arrival: float, penalty: float, now
 def _load_penalty(engine, key: Hashable, req: Request) -> float:
     """0 when the block is resident or fits the free budget (loading it evicts nothing), else
     `load_penalty_s` per 128 MiB to load: work that would evict others waits a little."""
-    if engine.residency.resident(key):
+    mem = engine.residency(key)
+    if mem.resident(key):
         return 0.0
     missing = _missing_bytes(engine, key, req)
-    if engine.residency.used + missing <= engine.residency.budget:
+    if mem.used + missing <= mem.budget:
         return 0.0
     return engine.cfg.load_penalty_s * missing / 2**27
 
@@ -106,13 +112,14 @@ def _missing_bytes(engine, key: Hashable, req: Request) -> int:
     if engine.cfg.residency_unit != "model":
         return engine.info[req.chain[req.stage].block].nbytes
     return sum(engine.info[e.block].nbytes for e in req.chain
-               if not engine.residency.resident(engine.key(req.model, e)))
+               if not engine.resident(engine.key(req.model, e)))
 
 
 def _ensure_resident(engine, key: Hashable, req: Request) -> bool:
     """Load the block (and a tied head's embedding) under the memory budget. True if cold.
 
-    With whole-model residency (the per-model baseline) the unit is the request's whole chain."""
+    With whole-model residency (the per-model baseline) the unit is the request's whole chain.
+    Everything in `need` is on the device of `key` (see devices.place_keys)."""
     entries = list(req.chain) if engine.cfg.residency_unit == "model" else [req.chain[req.stage]]
     need = {engine.key(req.model, e): engine.info[e.block].nbytes for e in entries}
     embed_key = engine.tied_embed_key(key, req)
@@ -120,14 +127,14 @@ def _ensure_resident(engine, key: Hashable, req: Request) -> bool:
         need[embed_key] = engine.info[req.chain[0].block].nbytes
     by_key = {engine.key(req.model, e): e for e in req.chain}
     t0 = time.perf_counter()
-    load, evict = engine.residency.plan(need)
+    mem = engine.residency(key)
+    load, evict = mem.plan(need)
     for k in evict:
-        engine.workers.pop(k, None)
-        engine.residency.remove(k)
+        engine.evict(k)
     for k in load:
-        engine.worker(k, by_key[k], req.model)
-        engine.residency.add(k, need[k])
-    engine.residency.touch(need)
+        engine.load(k, by_key[k], req.model)
+        mem.add(k, need[k])
+    mem.touch(need)
     if load:
         engine.counters["load_seconds"] += time.perf_counter() - t0
     return bool(load)
@@ -143,7 +150,10 @@ def take(engine, key: Hashable) -> list[Request]:
         for _, r in list(q):
             engine.abort(r, f"error: {e}")
         return []
-    limit = engine.limits[key]
+    if key in engine.speculative:  # a speculative load that paid off
+        engine.speculative.discard(key)
+        engine.counters["prefetch_hits"] += 1
+    limit = engine.limit(key, head.chain[head.stage])
     batch, tokens = [], 0
     for item in list(q):
         req = item[1]
@@ -164,35 +174,55 @@ def take(engine, key: Hashable) -> list[Request]:
     return batch
 
 
-def run_batch(engine, key: Hashable, reqs: list[Request]) -> None:
+def launch(engine, device: int, key: Hashable, reqs: list[Request]) -> None:
+    """Start the batch on its device; its outputs are taken in by `finish_ready`."""
     if not reqs:
         return
-    worker = engine.workers[key]
-    if worker.kind == "embed":
+    kind = engine.info[reqs[0].chain[reqs[0].stage].block].kind
+    if kind == "embed":
         inputs = [torch.tensor(r.feed, dtype=torch.long) for r in reqs]
     else:
         inputs = [r.hidden for r in reqs]
-    pool = table = seq = adapters = tied = None
-    if worker.kind == "decoder":
-        pool, table, seq = engine.pools[key], engine.kv.tables[key], [r.id for r in reqs]
-        ids = [r.chain[r.stage].adapter for r in reqs]
-        adapters = [engine.adapter(a) if a else None for a in ids] if any(ids) else None
-    embed_key = engine.tied_embed_key(key, reqs[0])
-    if embed_key is not None:
-        tied = engine.workers[embed_key].module.embed_tokens.weight
+    attn = adapters = None
+    if kind == "decoder":  # page tables live here, in the engine; the KV pool on the device
+        attn = AttnBatch.describe(engine.kv.tables[key], [r.id for r in reqs],
+                                  [len(r.feed) for r in reqs])
+        ids = tuple(r.chain[r.stage].adapter for r in reqs)
+        adapters = ids if any(ids) else None
+    call = BatchCall(key, inputs, attn, adapters, engine.tied_embed_key(key, reqs[0]))
+    # a request preempted or ended while its batch runs gets a new epoch: its output is void
+    epochs = [(r.preemptions, r.state) for r in reqs]
+    t0 = time.perf_counter()
     try:
         maybe_inject_fault()
-        t0 = time.perf_counter()
-        outs = worker.run(inputs, pool, table, seq, adapters, tied)
-        engine.counters["block_seconds"] += time.perf_counter() - t0
+        handle = engine.hosts[device].submit(call)
     except Exception as e:  # a failing block ends its batch's requests, not the server
         engine.block_failed(key, reqs, e)
         return
-    epochs = [(r.preemptions, r.state) for r in reqs]
+    engine.inflight[device] = (key, kind, reqs, epochs, handle, t0)
+
+
+def finish_ready(engine) -> None:
+    """Wait until at least one device's batch is done; hand each finished batch's outputs on."""
+    devices = list(engine.inflight)
+    handles = [engine.inflight[d][4] for d in devices]
+    for i in engine.hosts[0].collect(handles):
+        d = devices[i]
+        key, kind, reqs, epochs, handle, t0 = engine.inflight.pop(d)
+        try:
+            outs = engine.hosts[d].result(handle)
+        except Exception as e:  # noqa: BLE001 - isolate the block, keep serving
+            engine.block_failed(key, reqs, e)
+            continue
+        engine.counters["block_seconds"] += time.perf_counter() - t0
+        _postprocess(engine, kind == "head", reqs, epochs, outs)
+
+
+def _postprocess(engine, head: bool, reqs: list[Request], epochs: list, outs) -> None:
     for req, out, (epoch, state) in zip(reqs, outs, epochs, strict=True):
         if (req.preemptions, req.state) != (epoch, state):
-            continue  # preempted by an earlier request of this very batch: its output is void
-        if worker.kind == "head":
+            continue  # preempted (or ended) while its batch ran: its output is void
+        if head:
             engine._after_head(req, out)
         else:
             req.hidden = out

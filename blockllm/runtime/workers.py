@@ -31,11 +31,11 @@ class BlockWorker:
 
     @torch.inference_mode()
     def run(self, inputs: list[torch.Tensor], pool: KVPool | None = None,
-            table: PageTable | None = None, seq_ids: list[int] | None = None,
-            adapters: list[LoraAdapter | None] | None = None,
+            attn: AttnBatch | None = None, adapters: list[LoraAdapter | None] | None = None,
             tied_weight: torch.Tensor | None = None) -> list[torch.Tensor]:
         """One batched call. inputs[i]: ids (n_i,) or hidden (n_i, h). Returns per-request
-        outputs: hidden (n_i, h), or for the head the logits of each last token (vocab,)."""
+        outputs: hidden (n_i, h), or for the head the logits of each last token (vocab,).
+        Decoder blocks take `attn`, this step's slots and page tables in `pool`, on the device."""
         lens = [x.shape[0] for x in inputs]
         x = torch.cat(inputs).to(self.device)
         if self.kind == "embed":
@@ -48,9 +48,8 @@ class BlockWorker:
         elif self.kind == "stitch":
             y = self.module(x)
         else:
-            batch = AttnBatch.describe(table, seq_ids, lens, self.device)
             lora = LoraSegments.per_sequence(adapters, lens) if adapters else None
-            y = self.module(x, pool, batch, lora)
+            y = self.module(x, pool, attn, lora)
         return list(y.split(lens))
 
 
@@ -75,11 +74,12 @@ def profile_latency(worker: BlockWorker, sizes: tuple[int, ...] = (1, 8, 32, 128
         for _ in range(repeats):
             x = torch.zeros(n, dtype=torch.long) if worker.kind == "embed" else \
                 torch.zeros(n, h, dtype=worker.dtype)
-            table = PageTable(pool.layout.num_pages, 16) if pool is not None else None
-            if table is not None:
-                table.append(0, n)
+            attn = None
+            if pool is not None:
+                table = PageTable(pool.layout.num_pages, 16)
+                attn = AttnBatch.build(table, [0], [n], worker.device)
             t = time.perf_counter()
-            worker.run([x], pool, table, [0], None, tied)
+            worker.run([x], pool, attn, None, tied)
             times.append(time.perf_counter() - t)
         curve.append((n, sorted(times)[len(times) // 2]))
     return curve

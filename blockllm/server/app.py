@@ -69,7 +69,7 @@ def create_app(aengine: AsyncEngine, tokenizers: dict,
                 keys = [engine.key(name, e) for e in chain]
                 data.append({"id": name, "object": "model", "owned_by": "blockllm",
                              "blocks": len(chain),
-                             "resident_blocks": sum(engine.residency.resident(k) for k in keys)})
+                             "resident_blocks": sum(engine.resident(k) for k in keys)})
         return {"object": "list", "data": data}
 
     async def _generate(body, prompt_ids: list[int], chat: bool):

@@ -43,8 +43,8 @@ class _EngineCollector:
             yield batch
             yield limit
             yield pages
-            yield GaugeMetricFamily("blockllm_resident_bytes", "block weight bytes on the device",
-                                    value=eng.residency.used)
+            yield GaugeMetricFamily("blockllm_resident_bytes", "block weight bytes on the devices",
+                                    value=eng.memory_used())
             yield GaugeMetricFamily("blockllm_requests_running", "admitted requests",
                                     value=len(eng.running))
             yield GaugeMetricFamily("blockllm_requests_waiting", "requests not yet admitted",

@@ -273,7 +273,12 @@ class Zoo:
 
     def load_block(self, bid: str, verify: bool = True) -> Block:
         """Read a block from disk; with `verify`, recompute its id and refuse a mismatch."""
-        row = self.block_info(bid)
+        return self.read_block(self.block_info(bid), verify)
+
+    def read_block(self, row: mf.BlockRow, verify: bool = True) -> Block:
+        """`load_block` for a manifest row already in hand: touches files only, not the
+        manifest, so any thread may call it (prefetching hosts do)."""
+        bid = row.id
         path = self.block_path(bid)
         try:
             tensors = load_file(str(path))

@@ -3,8 +3,9 @@ from profiled latency curves, chain-wide KV coordination, equivalence-assembled 
 each model's accuracy budget), then one mechanism off at a time, on one trace.
 
 The weight budget sits below the zoo's unique bytes, so what equivalence frees matters, and the
-KV budget is tight enough that reservations contend. Speculative execution and placement join
-this list when they exist (issue 7).
+KV budget is tight enough that reservations contend. "no_speculation" turns off speculative
+block loads (runtime.speculation). Placement is ablated in the simulated cluster experiment
+(`placement`): this machine is one device.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from pathlib import Path
 from experiments.configs._serving import Point, budgets, run_points
 from experiments.workloads import WorkloadConfig
 
-SYSTEMS = ("full", "no_equivalence", "no_sharing", "no_kv_coordination", "fixed_batch")
+SYSTEMS = ("full", "no_equivalence", "no_sharing", "no_kv_coordination", "fixed_batch",
+           "no_speculation")
 
 
 @dataclass(frozen=True)

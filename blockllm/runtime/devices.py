@@ -1,0 +1,87 @@
+"""The engine's devices: one host per device, and which device runs each block key.
+
+Keys are placed once, at start, by the same functions the cluster simulator uses
+(`runtime.placement`): the chains of the served models (and their equivalent chains) form
+the workload, each device is one GPU of one server (the links of one machine), and each block
+gets one replica (the engine does not replicate blocks yet; the simulator does). Two rules
+override the placement: a tied head runs where its embedding is (its logits read the
+embedding's weight), and with whole-model residency (the per-model baseline) each model's
+blocks all go to one device, models spread round-robin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+from blockllm.errors import UserError
+from blockllm.runtime.config import EngineConfig
+from blockllm.runtime.placement import (
+    PLACEMENTS,
+    PlacementError,
+    cluster_of,
+    workload_from_chains,
+)
+
+
+def is_tied(key: Hashable) -> bool:
+    """A tied head's key (see Engine.key): (block, "tied", embedding block)."""
+    return isinstance(key, tuple) and len(key) == 3 and key[1] == "tied"
+
+
+def device_names(cfg: EngineConfig) -> list[str]:
+    """torch device of each host: cuda -> cuda:0..N-1; cpu -> N hosts sharing the CPU."""
+    if cfg.devices == 1:
+        return [cfg.device]
+    if cfg.device == "cpu":
+        return ["cpu"] * cfg.devices
+    if cfg.device != "cuda":
+        raise UserError(f"--devices {cfg.devices} needs --device cuda or cpu, not {cfg.device}")
+    import torch
+    if torch.cuda.device_count() < cfg.devices:
+        raise UserError(f"--devices {cfg.devices} but {torch.cuda.device_count()} GPUs are "
+                        "visible; lower --devices")
+    return [f"cuda:{i}" for i in range(cfg.devices)]
+
+
+def make_hosts(zoo, cfg: EngineConfig) -> list:
+    names = device_names(cfg)
+    if cfg.backend == "ray":
+        from blockllm.runtime.ray_hosts import ray_hosts
+        return ray_hosts(str(zoo.root), names, cfg.dtype, cfg.ray_address)
+    from blockllm.runtime.hosts import LocalHost
+    return [LocalHost(zoo, name, cfg.dtype, i) for i, name in enumerate(names)]
+
+
+def place_keys(engine) -> dict[Hashable, int]:
+    """Device index of every key the engine may run."""
+    n, cfg = len(engine.hosts), engine.cfg
+    models = list(engine.models)
+    entries = {m: engine._all_entries(m) for m in models}
+    if n == 1:
+        return {engine.key(m, e): 0 for m in models for e in entries[m]}
+    if cfg.residency_unit == "model":
+        return {engine.key(m, e): i % n for i, m in enumerate(models) for e in entries[m]}
+    chains = {m: [e.block for e in engine.chains[m]] for m in models}
+    for m in models:  # equivalent chains count as more chains of the same model
+        for j, (_, chain, _) in enumerate(engine.options.get(m, ())):
+            chains[f"{m}#{j}"] = [e.block for e in chain]
+    sizes = {e.block: engine.info[e.block].nbytes for m in models for e in entries[m]}
+    hidden = max(c.hidden_size for c in engine.models.values())
+    # service time of a pass ~ bytes of weights read; every chain equally popular at start
+    work = workload_from_chains(chains, {c: 1.0 for c in chains}, sizes,
+                                {b: s / 1e12 for b, s in sizes.items()}, hidden * 4)
+    per_device = max(cfg.memory_budget, -(-sum(sizes.values()) // n) * 2)
+    cluster = cluster_of((n,), memory=per_device)  # LRU residency enforces the real budget
+    try:
+        placed = PLACEMENTS[cfg.placement](work, cluster)
+    except PlacementError as e:
+        raise UserError(f"cannot place the blocks on {n} devices: {e}") from e
+    where = {}
+    for m in models:
+        for e in entries[m]:
+            where[engine.key(m, e)] = placed[e.block][0]
+        embed = where[engine.key(m, engine.chains[m][0])]
+        for e in entries[m]:
+            if is_tied(engine.key(m, e)):
+                where[engine.key(m, e)] = embed
+    return where

@@ -1,0 +1,136 @@
+"""Block hosts: the blocks of one device, and the only runtime objects that hold tensors there.
+
+A host owns its device's block workers, the KV pools of its decoder blocks and its LoRA
+adapters. The engine (the scheduler, on the driver) decides what each host loads, drops and
+runs; a host never decides anything. `LocalHost` runs in the engine's process (one per torch
+device; several on one CPU for tests); `blockllm.runtime.ray_hosts.RayHost` runs a LocalHost
+inside a Ray actor, so a host can be another process, GPU or node with the same calls.
+
+Calls are `submit(...)` -> a handle, then `collect(handles)` -> the outputs of those finished.
+A local host computes in `submit` (its handle is already done); a Ray host returns at once
+and its device computes while the engine schedules the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+from blockllm.models.attention import AttnBatch
+from blockllm.models.config import LlamaConfig
+from blockllm.models.lora import LoraAdapter
+from blockllm.runtime.workers import BlockWorker, new_pool, profile_latency
+from blockllm.zoo.store import Zoo
+
+
+@dataclass(frozen=True)
+class BatchCall:
+    """One block call, in plain data so it can cross to another process."""
+    key: Hashable
+    inputs: list[torch.Tensor]  # ids (n_i,) for the embedding, else hidden (n_i, h)
+    attn: AttnBatch | None = None  # decoder blocks: slots and page tables of this step
+    adapters: tuple[str | None, ...] | None = None  # per request LoRA adapter id
+    tied_key: Hashable | None = None  # a tied head: the key of the embedding it reads
+
+
+class LocalHost:
+    """One device's blocks, in this process."""
+
+    def __init__(self, zoo: Zoo | str, device: str, dtype: str, index: int = 0):
+        self.zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
+        self.index, self.device, self.dtype = index, torch.device(device), getattr(torch, dtype)
+        self.workers: dict[Hashable, BlockWorker] = {}
+        self.pools: dict[Hashable, object] = {}  # decoder key -> KVPool (kept across reloads)
+        self.adapters: dict[str, LoraAdapter] = {}
+        self._pending: dict[Hashable, tuple[Future, tuple]] = {}  # key -> (read, build args)
+        self._reader: ThreadPoolExecutor | None = None
+
+    # ---- what the engine tells it -------------------------------------------------------
+
+    def load(self, key: Hashable, block_id: str, cfg: LlamaConfig, kv_pages: int = 0,
+             page_size: int = 16, wait: bool = True) -> None:
+        """Build the block's worker from the zoo (hash-checked) and, for a decoder block seen
+        for the first time, its KV pool of `kv_pages` pages. `wait=False` (a speculative
+        load): the file is read and hashed on a background thread while blocks compute; the
+        first call that needs the block waits for it, and gets its error if it failed."""
+        row = self.zoo.block_info(block_id)  # the manifest is read on this thread only
+        if wait:
+            self._build(key, self.zoo.read_block(row), (cfg, kv_pages, page_size))
+            return
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"blockllm-load-{self.index}")
+        self._pending[key] = (self._reader.submit(self.zoo.read_block, row),
+                              (cfg, kv_pages, page_size))
+
+    def _build(self, key: Hashable, block, args: tuple) -> None:
+        cfg, kv_pages, page_size = args
+        self.workers[key] = BlockWorker(cfg, block, self.device, self.dtype)
+        if block.kind == "decoder" and key not in self.pools:
+            self.pools[key] = new_pool(cfg, block.signature["n_layers"], kv_pages, page_size,
+                                       self.dtype, self.device)
+
+    def _settle(self, key: Hashable | None) -> None:
+        """Finish a speculative load of `key` before its first use (raises what it raised)."""
+        if key in self._pending:
+            read, args = self._pending.pop(key)
+            self._build(key, read.result(), args)
+
+    def drop(self, key: Hashable) -> None:
+        """Free the block's weights (its KV pool stays: requests may still hold pages)."""
+        self._pending.pop(key, None)
+        self.workers.pop(key, None)
+
+    def has(self, key: Hashable) -> bool:
+        return key in self.workers or key in self._pending
+
+    def profile(self, key: Hashable) -> list[tuple[int, float]]:
+        self._settle(key)
+        return profile_latency(self.workers[key])
+
+    def submit(self, call: BatchCall):
+        """Run the call now; the handle is its outputs (or the exception it raised)."""
+        try:
+            return self.run(call)
+        except Exception as e:  # noqa: BLE001 - handed to the engine, which isolates the block
+            return e
+
+    def collect(self, handles: list, timeout: float | None = None) -> list[int]:
+        """Indices of `handles` that are done: a local handle is done when submitted."""
+        return list(range(len(handles)))
+
+    def result(self, handle) -> list[torch.Tensor]:
+        if isinstance(handle, Exception):
+            raise handle
+        return handle
+
+    def shutdown(self) -> None:
+        if self._reader is not None:
+            self._reader.shutdown(cancel_futures=True)
+        self._pending.clear()
+        self.workers.clear()
+        self.pools.clear()
+
+    # ---- the one place a block runs -----------------------------------------------------
+
+    def run(self, call: BatchCall) -> list[torch.Tensor]:
+        self._settle(call.key)
+        self._settle(call.tied_key)
+        worker = self.workers[call.key]
+        tied = None
+        if call.tied_key is not None:
+            tied = self.workers[call.tied_key].module.embed_tokens.weight
+        adapters = None
+        if call.adapters and any(call.adapters):
+            adapters = [self._adapter(a) if a else None for a in call.adapters]
+        attn = call.attn.to(self.device) if call.attn is not None else None
+        return worker.run(call.inputs, self.pools.get(call.key), attn, adapters, tied)
+
+    def _adapter(self, adapter_id: str) -> LoraAdapter:
+        if adapter_id not in self.adapters:
+            blk = self.zoo.load_block(adapter_id)
+            self.adapters[adapter_id] = LoraAdapter(blk.tensors, blk.signature["scaling"]).to(
+                self.device, self.dtype)
+        return self.adapters[adapter_id]

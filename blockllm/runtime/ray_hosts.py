@@ -1,0 +1,121 @@
+"""The Ray backend: one actor per device, each owning a `LocalHost` (its block workers, KV pools
+and adapters). The engine stays on the driver and schedules; actors only load, drop and run.
+
+Hidden states travel as the actors' return values through Ray's object store (shared memory on
+one node, the network across nodes) and back in the next call's arguments; KV never moves:
+it stays in the pool of the actor that runs the block. An actor runs its calls in the order
+they were sent, so a `drop` or `load` sent before a `run` has happened when the run starts.
+While one actor computes, the engine starts batches on the others (`submit` returns at once)
+and takes in whichever finishes first (`collect`).
+
+Ray is imported here only: the local backend never needs it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable
+
+from blockllm.errors import UserError
+from blockllm.runtime.hosts import BatchCall, LocalHost
+
+
+class _DeviceActor:
+    """Runs in the actor's process: a LocalHost on the actor's device."""
+
+    def __init__(self, zoo_root: str, device: str, dtype: str, index: int, threads: int):
+        import torch
+        if threads:
+            torch.set_num_threads(threads)
+        self.host = LocalHost(zoo_root, device, dtype, index)
+
+    def load(self, key, block_id, cfg, kv_pages, page_size, wait):
+        self.host.load(key, block_id, cfg, kv_pages, page_size, wait)
+
+    def drop(self, key):
+        self.host.drop(key)
+
+    def profile(self, key):
+        return self.host.profile(key)
+
+    def run(self, call: BatchCall):
+        return [o.cpu() for o in self.host.run(call)]  # GPU tensors leave the device here
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayHost:
+    """The driver's handle on one device actor; the same calls as LocalHost."""
+
+    def __init__(self, actor, index: int):
+        self.actor, self.index = actor, index
+        self._loaded: set[Hashable] = set()
+
+    def load(self, key, block_id, cfg, kv_pages=0, page_size=16, wait=True) -> None:
+        """As LocalHost.load. wait=False returns at once; the actor reads the block on its
+        own background thread, and its first run of the block waits for it."""
+        import ray
+        ref = self.actor.load.remote(key, block_id, cfg, kv_pages, page_size, wait)
+        if wait:
+            try:  # a corrupt block fails here, by name, as it does locally
+                ray.get(ref)
+            except ray.exceptions.RayTaskError as e:
+                raise e.cause if isinstance(e.cause, Exception) else e from None
+        self._loaded.add(key)
+
+    def drop(self, key) -> None:
+        self.actor.drop.remote(key)  # ordered before any later call to this actor
+        self._loaded.discard(key)
+
+    def has(self, key) -> bool:
+        return key in self._loaded
+
+    def profile(self, key):
+        import ray
+        return ray.get(self.actor.profile.remote(key))
+
+    def submit(self, call: BatchCall):
+        return self.actor.run.remote(call)
+
+    def collect(self, handles: list, timeout: float | None = None) -> list[int]:
+        """Indices of the handles done: waits for the first, then takes any others ready."""
+        import ray
+        ray.wait(handles, num_returns=1, timeout=timeout)
+        ready, _ = ray.wait(handles, num_returns=len(handles), timeout=0)
+        done = set(ready)
+        return [i for i, h in enumerate(handles) if h in done]
+
+    def result(self, handle):
+        import ray
+        try:
+            return ray.get(handle)
+        except ray.exceptions.RayTaskError as e:  # the block's own error, not Ray's wrapper
+            raise e.cause if isinstance(e.cause, Exception) else e from None
+
+    def shutdown(self) -> None:
+        import ray
+        ray.kill(self.actor)
+
+
+def ray_hosts(zoo_root: str, devices: list[str], dtype: str,
+              address: str | None = None) -> list[RayHost]:
+    """One actor per device, on this machine's Ray (started if needed) or at `address`."""
+    try:
+        import ray
+    except ImportError as e:
+        raise UserError("--backend ray needs Ray: pip install 'ray>=2.9' (or make setup)") from e
+    cpus = os.cpu_count() or 1
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False, **({} if address else {"num_cpus": cpus}))
+    hosts = []
+    for i, dev in enumerate(devices):
+        gpu = dev.startswith("cuda")
+        # a GPU actor sees only its own GPU (Ray sets CUDA_VISIBLE_DEVICES): it is cuda there
+        actor_cls = ray.remote(num_cpus=0, num_gpus=1 if gpu else 0)(_DeviceActor)
+        threads = 0 if gpu else max(1, cpus // len(devices))
+        actor = actor_cls.remote(zoo_root, "cuda" if gpu else dev, dtype, i, threads)
+        hosts.append(RayHost(actor, i))
+    ray.get([h.actor.pid.remote() for h in hosts])  # started, or raise now
+    return hosts

@@ -1,0 +1,77 @@
+"""Speculative execution, as blockllm does it: a block's load starts before a batch needs it.
+
+Definition. After the engine starts this step's batches, it looks `speculate_ahead` blocks
+along the chain of every request in flight or queued: the blocks those requests will run next
+(after the head, the embedding and first blocks of the next token's pass). Each such block
+that is not resident on its device is loaded speculatively (`host.load(wait=False)`: read
+and hash-checked on a background thread, or inside its Ray actor, while the devices compute)
+if it fits its device's budget by evicting only blocks that no request is queued at, running
+on, or about to need; at most one speculative load per device per step. Without it
+(`EngineConfig.speculate=False`, the ablation) a block loads when the scheduler picks its
+batch, on the engine's thread, and every device waits for the load.
+
+The guess can be wrong: a request stops early, is preempted or aborted, or the wave moves on,
+and the block is evicted unused. Such loads are counted (`prefetch_wasted`); they cost disk
+reads and CPU time, never a request's KV or a block with work. Correctness does not depend on
+the guess: a block runs only once its load finished and passed the zoo's hash check, and a
+failed speculative load fails the first batch that needs the block, as a failed load does.
+
+Not applied with whole-model residency (the per-model baseline loads whole models).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+from blockllm.runtime.devices import is_tied
+from blockllm.runtime.request import Request
+
+
+def upcoming(engine, ahead: int) -> dict[Hashable, tuple]:
+    """Blocks the requests in flight and in queues will run within `ahead` hops, soonest
+    first: key -> (chain entry, model)."""
+    reqs: list[tuple[Request, int]] = []  # (request, hops already certain)
+    for _key, _kind, batch, *_ in engine.inflight.values():
+        reqs += [(r, 1) for r in batch]  # running now: its next block is one hop away
+    for q in engine.queues.values():
+        reqs += [(r, 0) for _, r in q]  # queued: this block, then the next
+    out: dict[Hashable, tuple] = {}
+    for hop in range(ahead + 1):
+        for r, start in reqs:
+            if hop < start:
+                continue
+            entry = r.chain[(r.stage + hop) % len(r.chain)]  # past the head: the next pass
+            out.setdefault(engine.key(r.model, entry), (entry, r.model))
+    return out
+
+
+def speculate(engine) -> None:
+    if not engine.cfg.speculate or engine.cfg.residency_unit == "model":
+        return
+    wanted = upcoming(engine, engine.cfg.speculate_ahead)
+    busy = set(wanted) | {k for k, q in engine.queues.items() if q} | \
+        {v[0] for v in engine.inflight.values()}
+    started: set[int] = set()
+    for key, (entry, model) in wanted.items():
+        d = engine.where[key]
+        if d in started or engine.resident(key):
+            continue
+        if is_tied(key):
+            continue  # a tied head is norm weights only; it loads with its embedding, on use
+        mem, size = engine.residency(key), engine.info[entry.block].nbytes
+        free, evict = mem.budget - mem.used - size, []
+        for k in mem.keys():  # least recently used first
+            if free >= 0:
+                break
+            if k not in busy:
+                evict.append(k)
+                free += mem.size(k)
+        if free < 0:
+            continue  # only blocks with work could make room: no guess is worth that
+        for k in evict:
+            engine.evict(k)
+        engine.load(key, entry, model, wait=False)
+        mem.add(key, size)
+        engine.speculative.add(key)
+        engine.counters["prefetches"] += 1
+        started.add(d)

@@ -1,0 +1,104 @@
+"""Several devices: blocks placed over hosts (in-process, and Ray actors on this CPU) give the
+same greedy tokens as one device, and the placement rules hold."""
+
+import pytest
+
+from blockllm.errors import UserError
+from blockllm.runtime.config import EngineConfig
+from blockllm.runtime.devices import is_tied
+from blockllm.runtime.engine import Engine
+from tests.test_engine import PROMPTS, _run_all, zoo4  # noqa: F401 - fixture
+
+
+def _check(zoo, ref, cfg):
+    eng, reqs = _run_all(zoo, cfg)
+    for m, i, r in reqs:
+        assert r.finish_reason == "length"
+        assert r.output == ref[m][i], (m, i, cfg)
+    assert all(t.free_pages == t.num_pages for t in eng.kv.tables.values())
+    return eng
+
+
+@pytest.mark.parametrize("cfg", [
+    EngineConfig(devices=2),
+    EngineConfig(devices=3, placement="round_robin"),
+    EngineConfig(devices=2, placement="random", memory_budget=250_000),
+    EngineConfig(devices=2, share_blocks=False, residency_unit="model", memory_budget=600_000),
+], ids=["locality-2", "round-robin-3", "random-2-tiny-memory", "per-model-2"])
+def test_local_devices_give_the_single_device_tokens(zoo4, cfg):
+    zoo, ref = zoo4
+    eng = _check(zoo, ref, cfg)
+    eng.close()
+    used = {eng.where[k] for k in eng.where}
+    assert used == set(range(cfg.devices)), "every device runs some block"
+    for key, d in eng.where.items():
+        if is_tied(key):
+            m = next(m for m in eng.models if eng.key(m, eng.chains[m][-1]) == key)
+            assert eng.where[eng.key(m, eng.chains[m][0])] == d, "tied head beside its embedding"
+    if cfg.residency_unit == "model":
+        for m in eng.models:
+            assert len({eng.where[eng.key(m, e)] for e in eng.chains[m]}) == 1
+
+
+def test_locality_keeps_a_chain_on_fewer_hops_than_round_robin(zoo4):
+    zoo, _ = zoo4
+    hops = {}
+    for placement in ("locality", "round_robin"):
+        eng = Engine(zoo, zoo.models(), EngineConfig(devices=3, placement=placement))
+        hops[placement] = sum(eng.where[eng.key(m, a)] != eng.where[eng.key(m, b)]
+                              for m, ch in eng.chains.items() for a, b in zip(ch, ch[1:]))
+        eng.close()
+    assert hops["locality"] < hops["round_robin"], hops
+
+
+def test_bad_device_settings_are_named(zoo4):
+    zoo, _ = zoo4
+    with pytest.raises(ValueError, match="devices"):
+        EngineConfig(devices=0)
+    with pytest.raises(ValueError, match="backend"):
+        EngineConfig(backend="mpi")
+    with pytest.raises(UserError, match="devices 2"):
+        Engine(zoo, zoo.models(), EngineConfig(devices=2, device="cuda:1"))
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip("ray")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("n,placement", [(2, "locality"), (4, "round_robin")])
+def test_ray_actors_give_the_single_process_tokens(zoo4, ray_session, n, placement):
+    zoo, ref = zoo4
+    eng = _check(zoo, ref, EngineConfig(devices=n, backend="ray", placement=placement))
+    try:
+        pids = ray_session.get([h.actor.pid.remote() for h in eng.hosts])
+        assert len(set(pids)) == n, "one actor process per device"
+    finally:
+        eng.close()
+
+
+def test_ray_block_failure_is_isolated(zoo4, ray_session):
+    """A block that raises inside its actor fails only its batch, as in one process."""
+    zoo, ref = zoo4
+    eng = Engine(zoo, zoo.models(), EngineConfig(devices=2, backend="ray"))
+    try:
+        good = eng.submit("base", PROMPTS[0], max_tokens=4, stop_ids=frozenset())
+        while eng.has_work():
+            eng.step()
+        assert good.output == ref["base"][0][:4]
+        key = eng.key("base", zoo.chain("base")[1])
+        host = eng.hosts[eng.where[key]]
+        ray_session.get(host.actor.drop.remote(key))  # the actor lost the block behind our back
+        bad = eng.submit("base", PROMPTS[0], max_tokens=4, stop_ids=frozenset())
+        while eng.has_work():
+            eng.step()
+        assert bad.finish_reason.startswith("error: block"), bad.finish_reason
+        assert eng.counters["block_failures"] == 1
+        again = eng.submit("base", PROMPTS[0], max_tokens=4, stop_ids=frozenset())
+        while eng.has_work():
+            eng.step()
+        assert again.output == ref["base"][0][:4], "reloaded and serving again"
+    finally:
+        eng.close()
