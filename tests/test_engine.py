@@ -1,4 +1,10 @@
-"""The block-chain engine: exact outputs under every mechanism setting, sharing, preemption."""
+"""The block-chain engine: exact outputs under every mechanism setting, sharing, preemption.
+
+BLOCKLLM_TEST_DEVICE=cuda runs the single-device engines of these tests on the GPU (the
+reference stays on the CPU): how a GPU session checks the CUDA path."""
+
+import os
+from dataclasses import replace
 
 import pytest
 
@@ -24,7 +30,12 @@ def zoo4(tmp_path_factory):
     return zoo, ref
 
 
+DEVICE = os.environ.get("BLOCKLLM_TEST_DEVICE", "cpu")
+
+
 def _run_all(zoo, cfg):
+    if cfg.devices == 1:
+        cfg = replace(cfg, device=DEVICE)
     eng = Engine(zoo, zoo.models(), cfg)
     reqs = [(m, i, eng.submit(m, p, max_tokens=N, stop_ids=frozenset()))
             for i, p in enumerate(PROMPTS) for m in zoo.models()]  # interleaved: mixed batches

@@ -2,8 +2,10 @@
 blockllm.sim.cluster on one device, with latency curves measured here on the zoo's own blocks
 (workers.profile_latency, as the engine profiles them), the engine's own time per block call
 (measured from its counters on a sample of the trace) and each block's cold start (timed on
-the engine's own load path), against what the real blockllm
-server measured on the same traces. Run after `latency_vs_rate` at the same scale.
+the engine's own load path), against what the real blockllm server measured on the same
+traces over HTTP, and against the same requests replayed on the engine in this process
+(experiments/inproc.py: the engine without the server), which says how much of the gap is the
+server's. Run after `latency_vs_rate` at the same scale.
 """
 
 from __future__ import annotations
@@ -21,15 +23,19 @@ from experiments.summary import load
 SCALES = {"toy": None, "cpu-small": None, "gpu-full": None}  # follows latency_vs_rate's scale
 
 
-def _curves(zoo_dir: str | None, models: list[str]):
-    """Engine keys of every chain entry (shared blocks share a key) and a latency curve per
-    key, profiled once per block shape."""
+def measure_engine(zoo_dir: str | None, models: list[str], cfg=None):
+    """An engine with every block loaded (nothing evicted), the keys of each model's chain
+    (shared blocks share a key), a latency curve per key (profiled once per block shape on
+    the engine's device) and each key's cold start (read, hash check, build)."""
+    from dataclasses import replace
+
     from blockllm.runtime.config import EngineConfig
     from blockllm.runtime.engine import Engine
     from blockllm.runtime.workers import profile_latency
     from blockllm.zoo.store import Zoo
     zoo = Zoo(zoo_dir)
-    eng = Engine(zoo, models, EngineConfig(memory_budget=1 << 40))
+    cfg = replace(cfg or EngineConfig(), memory_budget=1 << 40, speculate=False)
+    eng = Engine(zoo, models, cfg)
     chains, curves, by_shape, cold = {}, {}, {}, {}
     for m in models:
         keys = []
@@ -39,17 +45,20 @@ def _curves(zoo_dir: str | None, models: list[str]):
             if str(key) not in curves:
                 info = eng.info[e.block]
                 shape = (info.kind, json.dumps(info.signature, sort_keys=True))
-                t0 = time.perf_counter()  # the engine's cold path: load, hash, build, profile
-                worker = eng.worker(key, e, m)
+                t0 = time.perf_counter()  # the engine's cold path: read, hash, build
+                eng.load(key, e, m)
+                eng.residency(key).add(key, info.nbytes)
                 cold[str(key)] = time.perf_counter() - t0
                 if shape not in by_shape:
-                    by_shape[shape] = profile_latency(worker)
+                    worker = eng.hosts[0].workers[key]
+                    profile_latency(worker, repeats=1)  # first calls pay kernel set-up
+                    by_shape[shape] = profile_latency(worker, repeats=3)
                 curves[str(key)] = by_shape[shape]
         chains[m] = keys
-    return eng, chains, curves, cold, {m: zoo.tokenizer(m) for m in models}
+    return eng, chains, curves, cold
 
 
-def _overhead_per_call(eng, reqs: list[SimRequest], toks_of) -> float:
+def overhead_per_call(eng, reqs: list[SimRequest], toks_of) -> float:
     """The engine's own seconds per block call (admission, picking, batching, sampling), from
     its counters over a warm in-process run of a sample of the trace, all submitted at once."""
     before = dict(eng.counters)
@@ -59,6 +68,35 @@ def _overhead_per_call(eng, reqs: list[SimRequest], toks_of) -> float:
         eng.step()
     d = {k: eng.counters[k] - before[k] for k in eng.counters}
     return (d["step_seconds"] - d["block_seconds"] - d["load_seconds"]) / max(1, d["steps"])
+
+
+def simulate_one_device(reqs, chains, curves, overhead: float, cold: dict) -> dict[int, float]:
+    """e2e of each request in the simulator, on one device holding every block."""
+    sim = simulate(reqs, chains, curves, {b: (0,) for b in curves},
+                   Cluster((Device(0, 1 << 40),)), 0.0, call_overhead_s=overhead,
+                   first_use_s=cold)
+    return sim.e2e
+
+
+def _budgets(command: list[str]) -> dict:
+    """The server's weight and KV budgets, from the command recorded in a run's header."""
+    from blockllm.cli.format import parse_bytes
+    flags = dict(zip(command, command[1:], strict=False))  # each flag -> what follows it
+    return {"memory_budget": parse_bytes(flags.get("--memory-budget", "4GiB")),
+            "kv_budget": parse_bytes(flags.get("--kv-budget", "512MiB"))}
+
+
+def _inproc(zoo, trace: dict, reqs: list[SimRequest], prompts: dict, budgets: dict):
+    """e2e of the trace's requests (each generating the tokens it generated over HTTP) on a
+    fresh engine in this process."""
+    from blockllm.runtime.config import EngineConfig
+    from blockllm.runtime.engine import Engine
+    from blockllm.zoo.store import Zoo
+    from experiments.inproc import replay_engine
+    sub = {**trace, "requests": [{"i": r.i, "model": r.model, "t": r.t,
+                                  "max_tokens": r.max_tokens} for r in reqs]}
+    eng = Engine(Zoo(zoo), trace["models"], EngineConfig(**budgets))
+    return np.array([r["e2e"] for r in replay_engine(eng, sub, prompts)])
 
 
 def run(scale: str, out: Path, zoo: str | None, models: list[str]) -> list[Path]:
@@ -75,20 +113,22 @@ def run(scale: str, out: Path, zoo: str | None, models: list[str]) -> list[Path]
         real = real[real["status"] == "ok"]
         by_i = {int(r.i): int(r.tokens) for r in real.itertuples()}
         if chains is None:
-            eng, chains, curves, cold, toks = _curves(zoo, trace["models"])
+            eng, chains, curves, cold = measure_engine(zoo, trace["models"])
+            toks = {m: eng.zoo.tokenizer(m) for m in trace["models"]}
         prompts = {r["i"]: toks[r["model"]].encode(r["prompt"]) for r in trace["requests"]}
         reqs = [SimRequest(r["i"], r["model"], r["t"], len(prompts[r["i"]]),
                            max(1, by_i[r["i"]])) for r in trace["requests"] if r["i"] in by_i]
         if overhead is None:
-            overhead = _overhead_per_call(eng, reqs[:8], lambda r: prompts[r.i])
-        sim = simulate(reqs, chains, curves, {b: (0,) for b in curves},
-                       Cluster((Device(0, 1 << 40),)), 0.0, call_overhead_s=overhead,
-                       first_use_s=cold)
-        s = np.array([sim.e2e[r.i] for r in reqs])
+            overhead = overhead_per_call(eng, reqs[:8], lambda r: prompts[r.i])
+        s = np.array(list(simulate_one_device(reqs, chains, curves, overhead, cold).values()))
+        # the same requests on the real engine in this process (no HTTP), same budgets
+        inproc = _inproc(zoo, trace, reqs, prompts, _budgets(header["command"]))
         for q in (50, 95):
             real_q, sim_q = float(real["e2e"].quantile(q / 100)), float(np.percentile(s, q))
+            eng_q = float(np.percentile(inproc, q))
             rows.append({"rate": header["rate"], "quantile": f"p{q}", "real_s": real_q,
                          "sim_s": sim_q, "error_pct": 100 * (sim_q - real_q) / real_q,
+                         "engine_s": eng_q, "engine_error_pct": 100 * (sim_q - eng_q) / eng_q,
                          "call_overhead_s": overhead})
     path = out / f"sim_validation-{scale}.json"
     path.write_text(json.dumps({"experiment": "sim_validation", "scale": scale,
