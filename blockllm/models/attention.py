@@ -26,7 +26,8 @@ class AttnBatch:
     page_tables: torch.Tensor  # (B, max_pages) long, padded with page 0
     mask: torch.Tensor | None  # (B, 1, max_q, max_ctx) bool, None when no masking is needed
     fresh_prefill: bool  # one sequence whose whole context is new: causal attention on the fly
-    _rope: dict = field(default_factory=dict, repr=False)  # (rope key, dtype) -> (cos, sin)
+    _rope: dict = field(default_factory=dict, repr=False)  # per-step caches: (rope key, dtype)
+    #                                                      -> (cos, sin); ("bias", dtype) -> bias
 
     def rope(self, inv_freq: torch.Tensor, dtype: torch.dtype, rope_key: Hashable
              ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,6 +36,20 @@ class AttnBatch:
         key = (rope_key, dtype)
         if key not in self._rope:
             self._rope[key] = cos_sin(inv_freq, self.positions, dtype)
+        return self._rope[key]
+
+    def bias(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """The mask as an additive bias (0 or -inf) in `dtype`, made once per step and dtype.
+
+        SDPA gets this rather than the boolean mask: on an H100 a boolean mask sent PyTorch
+        2.11 to a backend that builds a plan for every new shape (50 ms per call, measured),
+        and shapes change every step; a float bias costs 27-40 us per call there."""
+        if self.mask is None:
+            return None
+        key = ("bias", dtype)
+        if key not in self._rope:
+            zero = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device)
+            self._rope[key] = zero.masked_fill(~self.mask, float("-inf"))
         return self._rope[key]
 
     def to(self, device: torch.device | str) -> AttnBatch:
@@ -128,7 +143,7 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pool: KVP
         qq.view(-1, n_heads, head_dim)[rows] = q
     out = F.scaled_dot_product_attention(
         qq.transpose(1, 2), kk.transpose(1, 2), vv.transpose(1, 2),
-        attn_mask=batch.mask, enable_gqa=True)  # (B, H, max_q, D)
+        attn_mask=batch.bias(qq.dtype), enable_gqa=True)  # (B, H, max_q, D)
     out = out.transpose(1, 2)
     if max_q == 1:
         return out[:, 0]

@@ -127,8 +127,8 @@ class Engine:
                 if bid and bid not in self.info:
                     self.info[bid] = self.zoo.block_info(bid)
 
-    def _decoder_keys(self, req: Request) -> list[Hashable]:
-        return [self.key(req.model, e) for e in req.chain if self.info[e.block].kind == "decoder"]
+    def _decoder_keys(self, req: Request) -> tuple[Hashable, ...]:
+        return req.decoder_keys
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -150,6 +150,9 @@ class Engine:
         stop = frozenset(cfg.eos_token_ids) if stop_ids is None else stop_ids
         req = Request(next(self._ids), model, list(prompt), params, max_tokens, stop,
                       self._assemble(model))
+        req.keys = tuple(self.key(model, e) for e in req.chain)  # read on every hop
+        req.decoder_keys = tuple(k for k, e in zip(req.keys, req.chain, strict=True)
+                                 if self.info[e.block].kind == "decoder")
         self.waiting.append(req)
         return req
 
@@ -215,7 +218,7 @@ class Engine:
         return self.key(req.model, req.chain[0]) if is_tied(key) else None
 
     def _enqueue(self, req: Request) -> None:
-        key = self.key(req.model, req.chain[req.stage])
+        key = req.keys[req.stage]
         self.queues.setdefault(key, deque()).append((time.perf_counter(), req))
 
     def block_failed(self, key: Hashable, reqs: list[Request], exc: Exception) -> None:

@@ -27,6 +27,8 @@ class Request:
     max_tokens: int
     stop_ids: frozenset[int]
     chain: tuple[ChainEntry, ...]  # assembled at submission
+    keys: tuple = ()  # the engine's key of each chain entry (set at submission)
+    decoder_keys: tuple = ()  # those of its decoder blocks, in chain order
     output: list[int] = field(default_factory=list)
     state: State = State.WAITING
     stage: int = 0  # index in `chain` of the next block to run

@@ -40,8 +40,9 @@ def upcoming(engine, ahead: int) -> dict[Hashable, tuple]:
         for r, start in reqs:
             if hop < start:
                 continue
-            entry = r.chain[(r.stage + hop) % len(r.chain)]  # past the head: the next pass
-            out.setdefault(engine.key(r.model, entry), (entry, r.model))
+            i = (r.stage + hop) % len(r.chain)  # past the head: the next pass
+            if r.keys[i] not in out:
+                out[r.keys[i]] = (r.chain[i], r.model)
     return out
 
 
@@ -50,7 +51,7 @@ def _in_use(engine) -> set[Hashable]:
     these (measured: evicting blocks only a few hops away made 10x the loads it saved)."""
     out: set[Hashable] = set()
     for r in list(engine.running.values()) + list(engine.waiting):
-        out.update(engine.key(r.model, e) for e in r.chain)
+        out.update(r.keys)
     return out
 
 

@@ -23,6 +23,10 @@ from blockllm.zoo.partition import Block
 class BlockWorker:
     def __init__(self, cfg: LlamaConfig, block: Block, device: torch.device, dtype: torch.dtype):
         self.cfg, self.kind, self.device = cfg, block.kind, device
+        if device.type == "cuda":
+            # cuDNN attention builds a plan per new shape (~50 ms on an H100, measured), and a
+            # serving engine's shapes change every step: the flash/efficient kernels need none
+            torch.backends.cuda.enable_cudnn_sdp(False)
         self.module = build_block(cfg, block.kind, block.tensors, device=device, dtype=dtype,
                                   n_layers=block.signature.get("n_layers", 0),
                                   tied_embedding=torch.empty(0))
@@ -68,6 +72,12 @@ def profile_latency(worker: BlockWorker, sizes: tuple[int, ...] = (1, 8, 32, 128
         if worker.kind == "decoder" else None
     tied = torch.zeros(cfg.vocab_size, h, dtype=worker.dtype, device=worker.device) \
         if worker.kind == "head" and cfg.tie_word_embeddings else None
+    cuda = worker.device.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(worker.device)
+
     curve = []
     for n in sizes:
         times = []
@@ -78,8 +88,10 @@ def profile_latency(worker: BlockWorker, sizes: tuple[int, ...] = (1, 8, 32, 128
             if pool is not None:
                 table = PageTable(pool.layout.num_pages, 16)
                 attn = AttnBatch.build(table, [0], [n], worker.device)
+            sync()
             t = time.perf_counter()
             worker.run([x], pool, attn, None, tied)
+            sync()  # a GPU call returns before its kernels finish: time them, not the launch
             times.append(time.perf_counter() - t)
         curve.append((n, sorted(times)[len(times) // 2]))
     return curve
