@@ -7,8 +7,8 @@ process (the GPU image lacks the server's packages; experiments/inproc.py):
 - curves: per-block latency curves on this GPU, as the engine profiles them, for SmolLM2-135M
   (bf16) and Llama-2-7B (fp16) block shapes;
 - validation: a zoo of SmolLM2-135M-shaped variants; seeded traces at several rates replayed
-  on the real engine on cuda and in the simulator fed with curves, engine overhead per call
-  and cold starts measured here: p50/p95 side by side;
+  on the real engine on cuda (warm: after one unmeasured replay of the same trace) and in the
+  simulator fed with curves and the engine's overhead per call measured here: p50/p95;
 - speculation: one trace under a weight budget that forces loads, speculative loads on and
   off, run alternately;
 - utilization: NVML GPU utilization sampled through every replay.
@@ -79,19 +79,25 @@ def _q(xs) -> dict:
     return {"p50": float(np.percentile(xs, 50)), "p95": float(np.percentile(xs, 95))}
 
 
-def _replay(zoo_dir, models, cfg, trace, prompts, sampler_pid) -> tuple[list[dict], dict, dict]:
+def _replay(zoo_dir, models, cfg, trace, prompts, sampler_pid, warm: bool = False
+            ) -> tuple[list[dict], dict, dict]:
+    """One replay on a fresh engine (`warm`: after a first, unmeasured replay of the trace)."""
     from blockllm.runtime.engine import Engine
     from blockllm.zoo.store import Zoo
     from experiments.harness import Sampler
     from experiments.inproc import replay_engine
     eng = Engine(Zoo(zoo_dir), models, cfg)
+    if warm:
+        replay_engine(eng, trace, prompts)
+    before = dict(eng.counters)
     s = Sampler(sampler_pid)
     s.start()
     recs = replay_engine(eng, trace, prompts)
     samples = s.stop()
     util = [x["util"] for x in samples if x.get("util") is not None]
     eng.close()
-    return recs, dict(eng.counters), {"gpu_util_mean": float(np.mean(util)) if util else None,
+    counters = {k: v - before[k] for k, v in eng.counters.items()}
+    return recs, counters, {"gpu_util_mean": float(np.mean(util)) if util else None,
                                       "sampler": s.kind}
 
 
@@ -104,7 +110,8 @@ def _replay(zoo_dir, models, cfg, trace, prompts, sampler_pid) -> tuple[list[dic
 @click.option("--presets", default="smollm2-135m:bfloat16,llama-2-7b:float16",
               help="Block shapes to profile, PRESET:DTYPE, comma-separated.")
 @click.option("--dtype", default="bfloat16", help="The engine's dtype in the replays.")
-def main(out, zoo_dir, rates, n_req, device, presets, dtype):
+@click.option("--parts", default="curves,validation,speculation", help="Which checks to run.")
+def main(out, zoo_dir, rates, n_req, device, presets, dtype, parts):
     import os
 
     import torch
@@ -121,7 +128,8 @@ def main(out, zoo_dir, rates, n_req, device, presets, dtype):
     report = {"device": name, "torch": torch.__version__,
               "curves": {}, "validation": [], "speculation": []}
     t0 = time.perf_counter()
-    for spec in filter(None, presets.split(",")):
+    parts = set(parts.split(","))
+    for spec in filter(None, presets.split(",") if "curves" in parts else []):
         preset, dtype = spec.split(":")
         report["curves"][preset] = {"dtype": dtype, **_curves_of(preset, dtype, device)}
     click.echo(f"curves done {time.perf_counter() - t0:.0f}s", err=True)
@@ -129,14 +137,15 @@ def main(out, zoo_dir, rates, n_req, device, presets, dtype):
     base = EngineConfig(device=device, dtype=dtype, memory_budget=8 << 30,
                         kv_budget=4 << 30)
     eng, chains, curves, cold = measure_engine(zoo, models, base)
-    for rate in [float(r) for r in rates.split(",")]:
+    for rate in [float(r) for r in rates.split(",")] if "validation" in parts else []:
         trace, prompts = _trace(models, rate, n_req, seed=11)
         reqs = [SimRequest(r["i"], r["model"], r["t"], len(prompts[r["i"]]), r["max_tokens"])
                 for r in trace["requests"]]
         overhead = overhead_per_call(eng, reqs[:16], lambda r, p=prompts: p[r.i])
-        recs, counters, util = _replay(zoo, models, base, trace, prompts, os.getpid())
+        recs, counters, util = _replay(zoo, models, base, trace, prompts, os.getpid(),
+                                       warm=True)
         real = [r["e2e"] for r in recs]
-        sim = list(simulate_one_device(reqs, chains, curves, overhead, cold).values())
+        sim = list(simulate_one_device(reqs, chains, curves, overhead, {}).values())
         row = {"rate": rate, "real": _q(real), "sim": _q(sim), "call_overhead_s": overhead,
                "steps": counters["steps"], **util}
         row["error_pct"] = {k: 100 * (row["sim"][k] - row["real"][k]) / row["real"][k]
@@ -148,7 +157,7 @@ def main(out, zoo_dir, rates, n_req, device, presets, dtype):
     unique = sum(eng.info[b].nbytes for b in {e.block for m in models for e in eng.chains[m]})
     tight = replace(base, memory_budget=int(unique * 0.6))
     trace, prompts = _trace(models, 8.0, n_req, seed=12)
-    for rep in range(2):
+    for rep in range(2 if "speculation" in parts else 0):
         for on in (True, False):
             recs, c, util = _replay(zoo, models, replace(tight, speculate=on), trace, prompts,
                                     os.getpid())

@@ -76,6 +76,7 @@ class SimResult:
     busy_s: list[float]  # per device
     makespan: float
     block_busy_s: dict[str, float] = field(default_factory=dict)  # per block: its load history
+    calls: int = 0  # block calls (batches) run: the engine's `steps`
 
 
 def simulate(requests: Sequence[SimRequest], chains: Mapping[str, list[str]],
@@ -131,6 +132,7 @@ def simulate(requests: Sequence[SimRequest], chains: Mapping[str, list[str]],
             dt += first_use_s.get(block, 0.0)
         free_at[d] = t + dt
         busy[d] += dt
+        res.calls += 1
         res.block_busy_s[block] = res.block_busy_s.get(block, 0.0) + dt
         push(t + dt, "done", (d, batch))
 
