@@ -1,13 +1,16 @@
 """Several devices: blocks placed over hosts (in-process, and Ray actors on this CPU) give the
 same greedy tokens as one device, and the placement rules hold."""
 
+import random
+
 import pytest
 
 from blockllm.errors import UserError
 from blockllm.runtime.config import EngineConfig
 from blockllm.runtime.devices import is_tied
 from blockllm.runtime.engine import Engine
-from tests.test_engine import PROMPTS, _run_all, zoo4  # noqa: F401 - fixture
+from blockllm.runtime.moves import move
+from tests.test_engine import PROMPTS, N, _run_all, zoo4  # noqa: F401 - fixture
 
 
 def _check(zoo, ref, cfg):
@@ -102,3 +105,49 @@ def test_ray_block_failure_is_isolated(zoo4, ray_session):
         assert again.output == ref["base"][0][:4], "reloaded and serving again"
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("backend,n", [("local", 3), ("ray", 2)])
+def test_blocks_move_between_devices_mid_generation_without_changing_a_token(
+        zoo4, backend, n, request):
+    """Every step a random block moves to a random device, its weights and KV pool with it:
+    no request is dropped, preempted or changed."""
+    if backend == "ray":
+        request.getfixturevalue("ray_session")
+    zoo, ref = zoo4
+    eng = Engine(zoo, zoo.models(), EngineConfig(devices=n, backend=backend))
+    try:
+        reqs = [(m, i, eng.submit(m, p, max_tokens=N, stop_ids=frozenset()))
+                for i, p in enumerate(PROMPTS) for m in zoo.models()]
+        rng = random.Random(0)
+        while eng.has_work():
+            eng.step()
+            move(eng, rng.choice(sorted(eng.where, key=str)), rng.randrange(n))
+        for m, i, r in reqs:
+            assert r.output == ref[m][i], (m, i)
+        assert eng.counters["moves"] > 20 and eng.counters["preemptions"] == 0
+        assert all(t.free_pages == t.num_pages for t in eng.kv.tables.values())
+        for m in eng.models:  # a tied head still sits beside its embedding
+            head, embed = eng.key(m, eng.chains[m][-1]), eng.key(m, eng.chains[m][0])
+            assert not is_tied(head) or eng.where[head] == eng.where[embed]
+    finally:
+        eng.close()
+
+
+def test_replanning_by_observed_load_moves_blocks_and_keeps_tokens(zoo4):
+    """Traffic skewed to one model changes the plan; the engine replans on its own (here
+    every step) and moves blocks mid-generation."""
+    zoo, ref = zoo4
+    eng = Engine(zoo, zoo.models(), EngineConfig(devices=2, replan_s=0.0))
+    reqs = [("other", i, eng.submit("other", p, max_tokens=N, stop_ids=frozenset()))
+            for i, p in enumerate(PROMPTS)]
+    for _ in range(10):
+        eng.step()
+    reqs += [(m, i, eng.submit(m, p, max_tokens=N, stop_ids=frozenset()))
+             for i, p in enumerate(PROMPTS) for m in zoo.models() if m != "other"]
+    while eng.has_work():
+        eng.step()
+    for m, i, r in reqs:
+        assert r.output == ref[m][i], (m, i)
+    assert eng.counters["moves"] > 0 and eng.counters["preemptions"] == 0
+    eng.close()

@@ -47,6 +47,15 @@ class KVPool:
         self.layout = layout
         self.kv = torch.zeros(layout.shape, dtype=dtype, device=device)
 
+    @classmethod
+    def of(cls, layout: KVLayout, kv: torch.Tensor) -> KVPool:
+        """A pool over an existing tensor (a pool moved from another device)."""
+        if tuple(kv.shape) != layout.shape:
+            raise ValueError(f"pool tensor {tuple(kv.shape)} does not match {layout.shape}")
+        pool = cls.__new__(cls)
+        pool.layout, pool.kv = layout, kv
+        return pool
+
     def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
         """Store K/V of T new tokens. k, v: (T, n_kv_heads, head_dim); slots: (T,) long."""
         flat = self.kv[layer].view(2, -1, self.layout.n_kv_heads, self.layout.head_dim)

@@ -25,6 +25,8 @@ class EngineConfig:
     devices: int = 1  # hosts: cuda:0..N-1 with device=cuda; N hosts sharing one CPU with cpu
     backend: str = "local"  # local: hosts in this process | ray: one Ray actor per device
     placement: str = "locality"  # locality | round_robin | random: blocks onto devices
+    replan_s: float | None = None  # with several devices: place blocks again by the load seen
+    #                                every this many seconds, moving them while serving
     ray_address: str | None = None  # an existing Ray cluster (None: start one on this machine)
     speculate: bool = True  # load blocks the queued and running requests need next, in the
     #                         background (runtime.speculation); False: the ablation

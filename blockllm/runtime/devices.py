@@ -52,8 +52,9 @@ def make_hosts(zoo, cfg: EngineConfig) -> list:
     return [LocalHost(zoo, name, cfg.dtype, i) for i, name in enumerate(names)]
 
 
-def place_keys(engine) -> dict[Hashable, int]:
-    """Device index of every key the engine may run."""
+def place_keys(engine, rates: dict[str, float] | None = None) -> dict[Hashable, int]:
+    """Device index of every key the engine may run. `rates`: requests per model (the
+    popularity of its chains; equal when None)."""
     n, cfg = len(engine.hosts), engine.cfg
     models = list(engine.models)
     entries = {m: engine._all_entries(m) for m in models}
@@ -68,7 +69,8 @@ def place_keys(engine) -> dict[Hashable, int]:
     sizes = {e.block: engine.info[e.block].nbytes for m in models for e in entries[m]}
     hidden = max(c.hidden_size for c in engine.models.values())
     # service time of a pass ~ bytes of weights read; every chain equally popular at start
-    work = workload_from_chains(chains, {c: 1.0 for c in chains}, sizes,
+    rate = {c: (rates or {}).get(c.split("#")[0], 1.0) for c in chains}
+    work = workload_from_chains(chains, rate, sizes,
                                 {b: s / 1e12 for b, s in sizes.items()}, hidden * 4)
     per_device = max(cfg.memory_budget, -(-sum(sizes.values()) // n) * 2)
     cluster = cluster_of((n,), memory=per_device)  # LRU residency enforces the real budget

@@ -25,6 +25,7 @@ from blockllm.runtime.batch_policy import batch_limit
 from blockllm.runtime.config import EngineConfig
 from blockllm.runtime.devices import is_tied, make_hosts, place_keys
 from blockllm.runtime.kv_manager import KVManager
+from blockllm.runtime.moves import replan
 from blockllm.runtime.request import Request, State
 from blockllm.runtime.residency import Residency
 from blockllm.runtime.scheduling import admit, finish_ready, launch, pick, reenter, take
@@ -53,6 +54,8 @@ class Engine:
         self.hosts = make_hosts(zoo, config)
         self.where = place_keys(self)  # key -> index of the host (device) that runs it
         self.memory = [Residency(config.memory_budget) for _ in self.hosts]  # per device
+        self.served: dict[str, float] = {}  # requests per model, decayed at each placement
+        self.last_plan = time.perf_counter()
         self.inflight: dict[int, tuple] = {}  # device -> (key, kind, requests, epochs,
         #                                      handle, t0): the batch running there
         self.limits: dict[Hashable, int] = {}
@@ -67,7 +70,7 @@ class Engine:
         self.counters = {"steps": 0, "preemptions": 0, "deadlocks": 0, "cold_loads": 0,
                          "block_failures": 0, "step_seconds": 0.0, "block_seconds": 0.0,
                          "load_seconds": 0.0, "prefetches": 0, "prefetch_hits": 0,
-                         "prefetch_wasted": 0}
+                         "prefetch_wasted": 0, "moves": 0}
         self.speculative: set[Hashable] = set()  # loaded speculatively, not run yet
         self.last_batch: dict[Hashable, int] = {}
 
@@ -154,6 +157,7 @@ class Engine:
         req.decoder_keys = tuple(k for k, e in zip(req.keys, req.chain, strict=True)
                                  if self.info[e.block].kind == "decoder")
         self.waiting.append(req)
+        self.served[model] = self.served.get(model, 0) + 1
         return req
 
     def _assemble(self, model: str) -> tuple[ChainEntry, ...]:
@@ -192,6 +196,9 @@ class Engine:
         """Admit what fits, start a batch on every idle device, then postprocess at least one
         finished batch. No-op when idle."""
         t0 = time.perf_counter()
+        if self.cfg.replan_s is not None and len(self.hosts) > 1 and \
+                t0 - self.last_plan >= self.cfg.replan_s:
+            replan(self)
         admit(self)
         for d in range(len(self.hosts)):
             if d not in self.inflight:

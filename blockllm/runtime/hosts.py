@@ -21,6 +21,7 @@ import torch
 
 from blockllm.models.attention import AttnBatch
 from blockllm.models.config import LlamaConfig
+from blockllm.models.kv_cache import KVPool
 from blockllm.models.lora import LoraAdapter
 from blockllm.runtime.workers import BlockWorker, new_pool, profile_latency
 from blockllm.zoo.store import Zoo
@@ -85,6 +86,15 @@ class LocalHost:
 
     def has(self, key: Hashable) -> bool:
         return key in self.workers or key in self._pending
+
+    def take_pool(self, key: Hashable) -> torch.Tensor | None:
+        """Remove the block's KV pool from this device and return its tensor (the block is
+        moving: `put_pool` on its new device)."""
+        pool = self.pools.pop(key, None)
+        return None if pool is None else pool.kv
+
+    def put_pool(self, key: Hashable, layout, kv: torch.Tensor) -> None:
+        self.pools[key] = KVPool.of(layout, kv.to(self.device))
 
     def profile(self, key: Hashable) -> list[tuple[int, float]]:
         self._settle(key)

@@ -38,6 +38,13 @@ class _DeviceActor:
     def profile(self, key):
         return self.host.profile(key)
 
+    def take_pool(self, key):
+        kv = self.host.take_pool(key)
+        return None if kv is None else kv.cpu()
+
+    def put_pool(self, key, layout, kv):
+        self.host.put_pool(key, layout, kv)
+
     def run(self, call: BatchCall):
         return [o.cpu() for o in self.host.run(call)]  # GPU tensors leave the device here
 
@@ -74,6 +81,13 @@ class RayHost:
     def profile(self, key):
         import ray
         return ray.get(self.actor.profile.remote(key))
+
+    def take_pool(self, key):
+        import ray
+        return ray.get(self.actor.take_pool.remote(key))  # through the object store
+
+    def put_pool(self, key, layout, kv) -> None:
+        self.actor.put_pool.remote(key, layout, kv)  # ordered before the block's next run
 
     def submit(self, call: BatchCall):
         return self.actor.run.remote(call)

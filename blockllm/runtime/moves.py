@@ -1,0 +1,100 @@
+"""Moving blocks between devices while serving: re-placement as load changes.
+
+`move(engine, key, dst)` is make before break for one block. Not while a batch of it runs
+(the caller tries again later). If its weights are resident on the old device they are loaded
+on the new one first (evicting there least recently used, never the block running there);
+its KV pool moves with it, while the requests holding pages keep their page tables, which
+live in the engine; then the engine sends its queue to the new device and frees the old copy.
+No request is dropped, preempted or recomputed: its next pass finds its KV where the block
+now is. A tied head moves with its embedding (its logits read the embedding's weight).
+
+`replan(engine)` places the blocks again with the placement function used at start, weighting
+each model's chain by the requests it got (halved at each plan), and moves the blocks whose
+device changed; a block that is running stays and moves at a later plan. With
+`EngineConfig.replan_s` the engine replans on its own every that many seconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable
+
+from blockllm.models.kv_cache import KVLayout
+from blockllm.runtime.devices import is_tied, place_keys
+from blockllm.runtime.residency import OverBudget
+
+
+def _entries(engine) -> dict[Hashable, tuple]:
+    """key -> (chain entry, model) of every block the engine may run."""
+    return {engine.key(m, e): (e, m) for m in engine.models for e in engine._all_entries(m)}
+
+
+def _group(engine, key: Hashable) -> list[Hashable]:
+    """The keys that move together: an embedding with the tied heads that read it."""
+    group = {key}
+    for m, chain in engine.chains.items():
+        embed, head = engine.key(m, chain[0]), engine.key(m, chain[-1])
+        if is_tied(head) and key in (embed, head):
+            group |= {embed, head}
+    return sorted(group, key=str)
+
+
+def move(engine, key: Hashable, dst: int) -> bool:
+    """Move `key` (and what must stay beside it) to device `dst`. False: not now (running,
+    or it does not fit there beside the block running there); nothing changed."""
+    group = _group(engine, key)
+    running = {v[0] for v in engine.inflight.values()}
+    if any(k in running for k in group):
+        return False
+    entries = _entries(engine)
+    try:
+        for k in group:
+            _move_one(engine, k, dst, entries[k])
+    except OverBudget:
+        return False
+    return True
+
+
+def _move_one(engine, key: Hashable, dst: int, entry_model: tuple) -> None:
+    src = engine.where[key]
+    if src == dst:
+        return
+    entry, model = entry_model
+    old, new = engine.memory[src], engine.memory[dst]
+    resident = old.resident(key)
+    if resident:  # make: load on the new device before anything is freed on the old one
+        pinned = [v[0] for d, v in engine.inflight.items() if d == dst]
+        _, evict = new.plan({key: old.size(key)}, pinned)
+        for k in evict:
+            engine.evict(k)
+        pages = engine.kv.tables[key].num_pages if key in engine.kv.tables else 0
+        engine.hosts[dst].load(key, entry.block, engine.models[model], pages,
+                               engine.cfg.page_size)
+        new.add(key, old.size(key))
+    kv = engine.hosts[src].take_pool(key)
+    if kv is not None:  # the KV of every request holding pages in this block goes along
+        cfg, table = engine.models[model], engine.kv.tables[key]
+        layout = KVLayout(engine.info[entry.block].signature["n_layers"], table.num_pages,
+                          table.page_size, cfg.num_key_value_heads, cfg.head_dim)
+        engine.hosts[dst].put_pool(key, layout, kv)
+    engine.where[key] = dst  # break: from now on its queue runs on dst
+    engine.hosts[src].drop(key)
+    if resident:
+        old.remove(key)
+    engine.counters["moves"] += 1
+
+
+def replan(engine) -> tuple[int, int]:
+    """Place again by the load since the last plan; (blocks moved, blocks left for later)."""
+    rates = {m: 1.0 + engine.served.get(m, 0) for m in engine.models}
+    moved = deferred = 0
+    for key, d in place_keys(engine, rates).items():
+        if engine.where.get(key) != d:
+            if move(engine, key, d):
+                moved += 1
+            else:
+                deferred += 1
+    for m in engine.served:  # older load counts half at each plan: quiet spells do not reset it
+        engine.served[m] /= 2
+    engine.last_plan = time.perf_counter()
+    return moved, deferred
