@@ -118,8 +118,11 @@ def main(out, zoo_dir, rates, n_req, device, presets, dtype, parts):
 
     from blockllm.runtime.config import EngineConfig
     from blockllm.sim.cluster import SimRequest
-    from experiments.configs.sim_validation import (measure_engine, overhead_per_call,
-                                                    simulate_one_device)
+    from experiments.configs.sim_validation import (
+        measure_engine,
+        overhead_per_call,
+        simulate_one_device,
+    )
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise click.UsageError("no CUDA device here: run this on a GPU machine")
     outd = Path(out)

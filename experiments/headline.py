@@ -82,9 +82,16 @@ def placement_rows(runs: Path) -> list[str]:
 
 
 def sim_rows(runs: Path) -> list[str]:
-    return _table(["rate (req/s)", "quantile", "real (s)", "simulated (s)", "error"],
+    def warm(r: dict) -> list[str]:  # the in-process engine, where the run has it
+        if "engine_warm_s" not in r:
+            return ["-", "-", "-"]
+        return [f"{r['engine_warm_s']:.2f}", f"{r['sim_warm_s']:.2f}",
+                f"{r['engine_error_pct']:+.0f}%"]
+    return _table(["rate (req/s)", "quantile", "HTTP server (s)", "simulated (s)", "error",
+                   "warm engine (s)", "simulated (s)", "error"],
                   [[f"{r['rate']:g}", r["quantile"], f"{r['real_s']:.2f}", f"{r['sim_s']:.2f}",
-                    f"{r['error_pct']:+.0f}%"] for r in _json_rows(runs, "sim_validation")])
+                    f"{r['error_pct']:+.0f}%", *warm(r)]
+                   for r in _json_rows(runs, "sim_validation")])
 
 
 def headline(runs: Path) -> str:

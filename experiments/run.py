@@ -27,13 +27,13 @@ SYSTEMS = {  # name -> the server command after `python`; every one takes --mode
     "blockllm": SERVE,
     "per_model": SERVE + ["--baseline", "per-model"],
     "hf_generate": ["-m", "baselines.hf_generate"],
-    # ablations: every mechanism on ("full"), then one off at a time
+    # ablations: every default mechanism on ("full"), then one off at a time, then speculation on
     "full": SERVE + ["--equivalence"],
     "no_equivalence": SERVE,
     "no_sharing": SERVE + ["--equivalence", "--no-sharing"],
     "no_kv_coordination": SERVE + ["--equivalence", "--no-kv-coordination"],
     "fixed_batch": SERVE + ["--equivalence", "--batch-tokens", "256"],  # one limit for all blocks
-    "no_speculation": SERVE + ["--equivalence", "--no-speculation"],
+    "speculation": SERVE + ["--equivalence", "--speculate"],  # an opt-in mechanism, measured
 }
 
 

@@ -7,7 +7,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from paper_figures import equivalence, footprint, placement, serving, variants
+from paper_figures import (
+    equivalence,
+    footprint,
+    placement,
+    serving,
+    sim_validation,
+    variants,
+)
 
 
 def draw_all(results: Path, out_dir: Path, say=print) -> list[Path]:
@@ -15,7 +22,8 @@ def draw_all(results: Path, out_dir: Path, say=print) -> list[Path]:
     jobs = [("variants", variants.draw, results / "variants.json"),
             ("footprint", footprint.draw, runs),
             ("serving", serving.draw, runs),
-            ("placement", placement.draw, runs)]
+            ("placement", placement.draw, runs),
+            ("sim_validation", sim_validation.draw, results)]
     accuracy = list(runs.glob("accuracy-*.json"))
     jobs.append(("equivalence", equivalence.draw,
                  runs if accuracy else results / "equivalence.json"))

@@ -34,6 +34,38 @@ def tiny_source(seed: int = 0, std: float = 0.08, **overrides) -> ModelSource:
                        origin=f"test:tiny:{seed}", tokenizer_loader=lambda: ByteTokenizer(cfg))
 
 
+ENGINE_PROMPTS = [[5, 17, 99], [3, 44, 7, 8], [250, 9, 1, 2, 3], [60]]
+ENGINE_N = 24  # new tokens per prompt in the engine tests
+
+
+@pytest.fixture(scope="module")
+def zoo4(tmp_path_factory):
+    """The four-model zoo (base, ft, lora, other: tests.test_zoo) and each model's greedy
+    reference for ENGINE_PROMPTS from its own chain, run alone (zoo.ingest.chain_model)."""
+    from blockllm.zoo.ingest import chain_model
+    from tests.test_zoo import four_model_zoo
+    zoo = four_model_zoo(tmp_path_factory.mktemp("engine"))
+    ref = {m: [chain_model(zoo, m).generate([p], ENGINE_N, stop_ids=())[0]
+               for p in ENGINE_PROMPTS] for m in zoo.models()}
+    return zoo, ref
+
+
+def good_and_bad_zoo(root):
+    """A zoo of two tiny models, "good" and "bad", with one bit flipped in a block only "bad"
+    uses (the zoo's hash check finds it at load). Returns (zoo, the corrupt block's id)."""
+    from blockllm.zoo.ingest import add_source
+    from blockllm.zoo.store import Zoo
+    zoo = Zoo(root / "zoo")
+    add_source(zoo, tiny_source(seed=0), "good")
+    add_source(zoo, tiny_source(seed=3), "bad")
+    victim = zoo.chain("bad")[2].block
+    path = zoo.block_path(victim)
+    data = bytearray(path.read_bytes())
+    data[-7] ^= 0x01  # one bit of one weight
+    path.write_bytes(bytes(data))
+    return zoo, victim
+
+
 @pytest.fixture(scope="session")
 def embedded_source():
     from blockllm.loaders import load_source

@@ -10,7 +10,9 @@ from blockllm.runtime.config import EngineConfig
 from blockllm.runtime.devices import is_tied
 from blockllm.runtime.engine import Engine
 from blockllm.runtime.moves import move
-from tests.test_engine import PROMPTS, N, _run_all, zoo4  # noqa: F401 - fixture
+from tests.conftest import ENGINE_N as N
+from tests.conftest import ENGINE_PROMPTS as PROMPTS
+from tests.test_engine import _run_all
 
 
 def _check(zoo, ref, cfg):

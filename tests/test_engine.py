@@ -13,22 +13,11 @@ from blockllm.runtime.config import EngineConfig
 from blockllm.runtime.engine import Engine
 from blockllm.runtime.kv_manager import KVManager
 from blockllm.runtime.residency import OverBudget, Residency
-from blockllm.zoo.ingest import add_source, chain_model
+from blockllm.zoo.ingest import add_source
 from blockllm.zoo.store import Zoo
+from tests.conftest import ENGINE_N as N
+from tests.conftest import ENGINE_PROMPTS as PROMPTS
 from tests.conftest import tiny_source
-from tests.test_zoo import four_model_zoo
-
-PROMPTS = [[5, 17, 99], [3, 44, 7, 8], [250, 9, 1, 2, 3], [60]]
-N = 24
-
-
-@pytest.fixture(scope="module")
-def zoo4(tmp_path_factory):
-    zoo = four_model_zoo(tmp_path_factory.mktemp("engine"))
-    ref = {m: [chain_model(zoo, m).generate([p], N, stop_ids=())[0] for p in PROMPTS]
-           for m in zoo.models()}
-    return zoo, ref
-
 
 DEVICE = os.environ.get("BLOCKLLM_TEST_DEVICE", "cpu")
 

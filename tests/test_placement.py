@@ -16,6 +16,7 @@ from blockllm.runtime.placement import (
     replicas_needed,
     round_robin,
     route,
+    select,
     workload_from_chains,
 )
 from blockllm.sim.cluster import SimRequest, curve_time, simulate
@@ -94,6 +95,13 @@ def test_route_prefers_the_replica_holding_kv_then_the_nearest():
     place = {"a": (0,), "b": (1, 2)}
     assert route(["a", "b"], place, c, 1e6) == [0, 1]  # same server as a
     assert route(["a", "b"], place, c, 1e6, kv_home={"b": 2}) == [0, 2]  # its KV is there
+
+
+def test_select_keeps_the_least_data_moved_within_slack_of_the_best_p95():
+    scores = {"locality": (1.17, 18.0), "round_robin": (1.00, 64.0), "random": (1.03, 97.0)}
+    assert select(scores) == "round_robin"  # locality is 17% slower: out of the 5% slack
+    assert select(scores, slack=0.2) == "locality"
+    assert select({"a": (2.0, 5.0), "b": (2.0, 5.0)}) == "a"  # ties by name
 
 
 def test_migration_adds_before_it_drops():

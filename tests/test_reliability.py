@@ -196,17 +196,8 @@ def test_soak_short_run_loses_nothing(zoo, tmp_path):
 
 
 def test_a_corrupt_block_fails_its_requests_by_name_and_others_are_served(tmp_path):
-    from blockllm.zoo.ingest import add_source
-    from blockllm.zoo.store import Zoo
-    from tests.conftest import tiny_source
-    zoo = Zoo(tmp_path / "zoo")
-    add_source(zoo, tiny_source(seed=0), "good")
-    add_source(zoo, tiny_source(seed=3), "bad")
-    victim = zoo.chain("bad")[2].block
-    path = zoo.block_path(victim)
-    data = bytearray(path.read_bytes())
-    data[-7] ^= 0x01  # one bit of one weight, found by the hash check at load
-    path.write_bytes(bytes(data))
+    from tests.conftest import good_and_bad_zoo
+    zoo, victim = good_and_bad_zoo(tmp_path)
     with live_server(zoo.root, ["good", "bad"]) as (url, _):
         body = {"prompt": "hello", "max_tokens": 3, "temperature": 0}
         r = httpx.post(url + "/v1/completions", json={**body, "model": "bad"}, timeout=60)

@@ -6,10 +6,9 @@ import pytest
 from blockllm.runtime.config import EngineConfig
 from blockllm.runtime.engine import Engine
 from blockllm.runtime.speculation import upcoming
-from blockllm.zoo.ingest import add_source
-from blockllm.zoo.store import Zoo
-from tests.conftest import tiny_source
-from tests.test_engine import PROMPTS, _run_all, zoo4  # noqa: F401 - fixture
+from tests.conftest import ENGINE_PROMPTS as PROMPTS
+from tests.conftest import good_and_bad_zoo
+from tests.test_engine import _run_all
 
 TIGHT = 400_000  # bytes of weights: not every block fits, so loads and evictions go on
 
@@ -44,15 +43,8 @@ def test_upcoming_looks_along_the_chain_and_wraps_past_the_head(zoo4):
 
 
 def test_a_corrupt_block_loaded_speculatively_fails_its_requests_by_name(tmp_path):
-    zoo = Zoo(tmp_path / "zoo")
-    add_source(zoo, tiny_source(seed=0), "good")
-    add_source(zoo, tiny_source(seed=3), "bad")
-    victim = zoo.chain("bad")[2].block
-    path = zoo.block_path(victim)
-    data = bytearray(path.read_bytes())
-    data[-7] ^= 0x01
-    path.write_bytes(bytes(data))
-    eng = Engine(zoo, ["good", "bad"], EngineConfig())
+    zoo, victim = good_and_bad_zoo(tmp_path)
+    eng = Engine(zoo, ["good", "bad"], EngineConfig(speculate=True))
     bad = eng.submit("bad", [1, 2, 3], max_tokens=3)
     good = eng.submit("good", [1, 2, 3], max_tokens=3)
     while eng.has_work():

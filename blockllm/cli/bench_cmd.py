@@ -26,7 +26,7 @@ def bench() -> None:
 @user_errors
 def run(config, scale, out, models, zoo_dir):
     """Run experiment CONFIG at a scale: latency_vs_rate, footprint, accuracy, ablations,
-    scaling or burstiness (see experiments/configs)."""
+    scaling, burstiness, placement or sim_validation (see experiments/configs)."""
     from blockllm.errors import UserError
     from blockllm.zoo.store import Zoo
     from experiments.configs import CONFIGS, OWN_MODELS

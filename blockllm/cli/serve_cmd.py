@@ -34,8 +34,9 @@ from blockllm.cli.format import parse_bytes
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--no-sharing", is_flag=True, help="Ablation: every model its own blocks.")
 @click.option("--no-kv-coordination", is_flag=True, help="Ablation: per-block KV reservation.")
-@click.option("--no-speculation", is_flag=True,
-              help="Ablation: load blocks only when a batch needs them (no speculative loads).")
+@click.option("--speculate", is_flag=True,
+              help="Load the blocks queued and running requests need next in the background "
+                   "(speculative loads; off by default, see README).")
 @click.option("--batch-tokens", default=None, type=click.IntRange(1),
               help="Ablation: a fixed batch limit for every block instead of profiled ones.")
 @click.option("--equivalence", is_flag=True,
@@ -54,7 +55,7 @@ from blockllm.cli.format import parse_bytes
 @user_errors
 def serve(zoo_dir, models, memory_budget, kv_budget, device, devices, backend, placement,
           replan_every, ray_address, dtype, host, port, no_sharing,
-          no_kv_coordination, no_speculation, batch_tokens, equivalence, baseline, api_key, max_waiting,
+          no_kv_coordination, speculate, batch_tokens, equivalence, baseline, api_key, max_waiting,
           request_timeout, max_body):
     """Serve zoo models over HTTP (OpenAI API: /v1/completions, /v1/chat/completions)."""
     import uvicorn
@@ -71,7 +72,7 @@ def serve(zoo_dir, models, memory_budget, kv_budget, device, devices, backend, p
                            kv_budget=parse_bytes(kv_budget), share_blocks=not no_sharing,
                            coordinate_kv=not no_kv_coordination, batch_tokens=batch_tokens,
                            use_equivalence=equivalence, max_waiting=max_waiting,
-                           speculate=not no_speculation,
+                           speculate=speculate,
                            devices=devices, backend=backend, placement=placement,
                            replan_s=replan_every,
                            ray_address=ray_address)

@@ -39,7 +39,7 @@ class Engine:
         if not models:
             raise UserError("serve at least one model")
         self.zoo, self.cfg = zoo, config
-        self.device, self.dtype = torch.device(config.device), getattr(torch, config.dtype)
+        self.dtype = getattr(torch, config.dtype)
         self.models = {m: zoo.config(m) for m in models}  # raises for unknown names
         self.chains = {m: tuple(zoo.chain(m)) for m in models}
         self.info = {}  # block id -> BlockRow
@@ -56,8 +56,7 @@ class Engine:
         self.memory = [Residency(config.memory_budget) for _ in self.hosts]  # per device
         self.served: dict[str, float] = {}  # requests per model, decayed at each placement
         self.last_plan = time.perf_counter()
-        self.inflight: dict[int, tuple] = {}  # device -> (key, kind, requests, epochs,
-        #                                      handle, t0): the batch running there
+        self.inflight: dict[int, tuple] = {}  # device -> its running batch (see launch)
         self.limits: dict[Hashable, int] = {}
         self._curves: dict[str, list[tuple[int, float]]] = {}
         self.queues: dict[Hashable, deque[tuple[float, Request]]] = {}

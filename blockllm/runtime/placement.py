@@ -217,6 +217,16 @@ def route(chain: list[str], placement: Placement, c: Cluster, hop_bytes: float,
     return out
 
 
+def select(scores: Mapping[str, tuple[float, float]], slack: float = 0.05) -> str:
+    """The objective "transfer time plus queueing", by measurement: `scores` maps each
+    candidate placement to (p95 latency, transfer seconds) from replaying history on it (the
+    cluster simulator). Among the candidates within `slack` of the best p95, the one that moves
+    the least data between devices; ties by name."""
+    best = min(p95 for p95, _ in scores.values())
+    ok = [n for n, (p95, _) in scores.items() if p95 <= best * (1 + slack)]
+    return min(ok, key=lambda n: (scores[n][1], n))
+
+
 def memory_used(placement: Placement, sizes: Mapping[str, int], n_devices: int) -> list[int]:
     used = [0] * n_devices
     for b, hosts in placement.items():

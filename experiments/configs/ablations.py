@@ -3,8 +3,8 @@ from profiled latency curves, chain-wide KV coordination, equivalence-assembled 
 each model's accuracy budget), then one mechanism off at a time, on one trace.
 
 The weight budget sits below the zoo's unique bytes, so what equivalence frees matters, and the
-KV budget is tight enough that reservations contend. "no_speculation" turns off speculative
-block loads (runtime.speculation). Placement is ablated in the simulated cluster experiment
+KV budget is tight enough that reservations contend. "speculation" adds speculative block
+loads (runtime.speculation), off by default. Placement is ablated in the simulated cluster experiment
 (`placement`): this machine is one device.
 """
 
@@ -17,7 +17,7 @@ from experiments.configs._serving import Point, budgets, run_points
 from experiments.workloads import WorkloadConfig
 
 SYSTEMS = ("full", "no_equivalence", "no_sharing", "no_kv_coordination", "fixed_batch",
-           "no_speculation")
+           "speculation")
 
 
 @dataclass(frozen=True)

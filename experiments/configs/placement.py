@@ -7,8 +7,10 @@ embedding and head are shared. Block latency curves are a roofline of an A100 (w
 once per call, compute per token), not measurements: no A100 was available. One seeded trace
 (Poisson arrivals, Zipf popularity) is replayed on every placement with the same routing, batch
 limits and pick rule (blockllm.runtime.placement, blockllm.sim.cluster). Per-block load, the
-placement's input, is history: each block's busy time in a first run of the same trace under
-round-robin placement.
+placement's input, is history: each block's busy time in a first run of a history trace (seed
+7) under round-robin placement. "selected" is the placement chosen by `placement.select` from
+replaying that history on each candidate: the least data moved among those within 5% of the
+best p95. Every placement is then measured on a new trace (seed 8) from the same workload.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from blockllm.runtime.placement import (
     PLACEMENTS,
     cluster_of,
     round_robin,
+    select,
     workload_from_chains,
 )
 from blockllm.sim.cluster import SimRequest, curve_time, roofline_curve, simulate
@@ -73,21 +76,25 @@ def _blocks(n_variants: int):
     return chains, sizes, curves, 2 * h  # fp16 hidden state per token
 
 
-def _cluster_run(s: Scale, shape: tuple[int, ...]):
-    """Models, the seeded trace and the history-derived workload for one cluster (scaled with
-    its GPU count); computed once and shared by every placement compared on it."""
-    factor = sum(shape) / 12
-    chains, sizes, curves, hop = _blocks(round(s.variants * factor))
+def _trace(s: Scale, factor: float, chains: dict, seed: int) -> list[SimRequest]:
     cfg = WorkloadConfig(n_requests=round(s.n_requests * factor), rate=s.rate * factor,
-                         popularity="zipf", seed=7)
+                         popularity="zipf", seed=seed)
     rng = np.random.default_rng(cfg.seed)
     t = np.cumsum(inter_arrivals(cfg, rng))
     names = popularity(cfg, sorted(chains), rng)
     prompt = rng.integers(*s.prompt_tokens, endpoint=True, size=cfg.n_requests)
     new = rng.integers(*s.max_tokens, endpoint=True, size=cfg.n_requests)
-    reqs = [SimRequest(i, names[i], float(t[i]), int(prompt[i]), int(new[i]))
+    return [SimRequest(i, names[i], float(t[i]), int(prompt[i]), int(new[i]))
             for i in range(cfg.n_requests)]
-    span = float(t[-1]) or 1.0
+
+
+def _cluster_run(s: Scale, shape: tuple[int, ...]):
+    """Models, the history trace and the workload derived from it, and the evaluation trace,
+    for one cluster (scaled with its GPU count); shared by every placement compared on it."""
+    factor = sum(shape) / 12
+    chains, sizes, curves, hop = _blocks(round(s.variants * factor))
+    reqs = _trace(s, factor, chains, seed=7)
+    span = max(r.t for r in reqs) or 1.0
     tokens = Counter()
     for r in reqs:
         tokens[r.model] += r.max_tokens
@@ -101,19 +108,26 @@ def _cluster_run(s: Scale, shape: tuple[int, ...]):
     w = workload_from_chains(chains, rates, sizes, {
         b: pilot.block_busy_s.get(b, 0.0) / pilot.makespan / max(1e-9, passes.get(b, 0.0))
         for b in sizes}, hop)
-    return chains, curves, hop, reqs, w, cluster
+    return chains, curves, hop, reqs, w, cluster, _trace(s, factor, chains, seed=8)
 
 
 def run(scale: str, out: Path, zoo=None, models=None) -> list[Path]:
     s = SCALES[scale]
     rows = []
     for name, shape in tqdm(s.clusters, desc=f"placement[{scale}]"):
-        chains, curves, hop, reqs, w, cluster = _cluster_run(s, shape)
-        for pname, place_fn in PLACEMENTS.items():
-            place = place_fn(w, cluster)
+        chains, curves, hop, history, w, cluster, reqs = _cluster_run(s, shape)
+        places = {pname: fn(w, cluster) for pname, fn in PLACEMENTS.items()}
+        scores = {}
+        for pname, place in places.items():  # history replayed on each candidate
+            h = simulate(history, chains, curves, place, cluster, hop)
+            scores[pname] = (float(np.percentile(list(h.e2e.values()), 95)), h.transfer_s)
+        chosen = select(scores)
+        places["selected"] = places[chosen]
+        for pname, place in places.items():
             r = simulate(reqs, chains, curves, place, cluster, hop)
             e2e, ttft = np.array(list(r.e2e.values())), np.array(list(r.ttft.values()))
             rows.append({"cluster": name, "gpus": len(cluster.devices), "placement": pname,
+                         "chosen": chosen if pname == "selected" else None,
                          "models": len(chains), "requests": len(reqs),
                          "replicas": sum(len(v) for v in place.values()), "blocks": len(place),
                          "transfers_per_request": r.transfers / len(reqs),
