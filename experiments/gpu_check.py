@@ -139,7 +139,7 @@ def main(out, zoo_dir, rates, n_req, device, presets, dtype, parts):
     zoo, models = _zoo(Path(zoo_dir), 6, 8)
     base = EngineConfig(device=device, dtype=dtype, memory_budget=8 << 30,
                         kv_budget=4 << 30)
-    eng, chains, curves, cold = measure_engine(zoo, models, base)
+    eng, chains, curves, cold, per_seq = measure_engine(zoo, models, base)
     for rate in [float(r) for r in rates.split(",")] if "validation" in parts else []:
         trace, prompts = _trace(models, rate, n_req, seed=11)
         reqs = [SimRequest(r["i"], r["model"], r["t"], len(prompts[r["i"]]), r["max_tokens"])
@@ -148,7 +148,7 @@ def main(out, zoo_dir, rates, n_req, device, presets, dtype, parts):
         recs, counters, util = _replay(zoo, models, base, trace, prompts, os.getpid(),
                                        warm=True)
         real = [r["e2e"] for r in recs]
-        sim = list(simulate_one_device(reqs, chains, curves, overhead, {}).values())
+        sim = list(simulate_one_device(reqs, chains, curves, overhead, {}, per_seq).values())
         row = {"rate": rate, "real": _q(real), "sim": _q(sim), "call_overhead_s": overhead,
                "steps": counters["steps"], **util}
         row["error_pct"] = {k: 100 * (row["sim"][k] - row["real"][k]) / row["real"][k]

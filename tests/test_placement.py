@@ -39,6 +39,17 @@ def test_one_device_times_are_exact():
     assert r.transfers == 0 and r.busy_s[0] == pytest.approx(0.09)
 
 
+def test_each_extra_sequence_of_a_batch_costs_its_block_seq_cost():
+    c = Cluster((Device(0, 1 << 30),))
+    chains = {"m": ["e", "d", "h"]}
+    place = {b: (0,) for b in "edh"}
+    two = [SimRequest(0, "m", 0.0, 1, 1), SimRequest(1, "m", 0.0, 1, 1)]
+    base = simulate(two, chains, {b: FLAT for b in "edh"}, place, c, 0.0)
+    r = simulate(two, chains, {b: FLAT for b in "edh"}, place, c, 0.0, seq_cost_s={"h": 0.5})
+    assert r.e2e[0] == pytest.approx(base.e2e[0] + 0.5)  # one batch of 2 at the head
+    assert r.calls == base.calls == 3
+
+
 def test_batching_shares_a_call_and_transfers_cost_link_time():
     c = Cluster((Device(0, 1 << 30), Device(1, 1 << 30)), inter_bw=1e6, inter_hop_s=0.0)
     chains = {"m": ["e", "d"]}

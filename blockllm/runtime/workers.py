@@ -95,3 +95,43 @@ def profile_latency(worker: BlockWorker, sizes: tuple[int, ...] = (1, 8, 32, 128
             times.append(time.perf_counter() - t)
         curve.append((n, sorted(times)[len(times) // 2]))
     return curve
+
+
+def sequence_cost(worker: BlockWorker, n_seqs: int = 8, context: int = 32,
+                  repeats: int = 3) -> float:
+    """Seconds each extra sequence adds to a call beyond what its tokens cost: a decode batch
+    of `n_seqs` sequences (1 new token each, `context` tokens of KV) against one sequence of
+    `n_seqs` new tokens, per extra sequence (>= 0). The head computes logits per sequence and
+    attention runs per sequence, so a token curve alone undercounts decode batches. Used by the
+    cluster simulator, not the engine."""
+    if worker.kind not in ("decoder", "head"):
+        return 0.0
+    cfg, h = worker.cfg, worker.cfg.hidden_size
+    pages = n_seqs * -(-context // 16)
+    pool = new_pool(cfg, len(worker.module.layers), pages, 16, worker.dtype, worker.device) \
+        if worker.kind == "decoder" else None
+    tied = torch.zeros(cfg.vocab_size, h, dtype=worker.dtype, device=worker.device) \
+        if worker.kind == "head" and cfg.tie_word_embeddings else None
+
+    def timed(inputs, seqs, lens) -> float:
+        times = []
+        for _ in range(repeats):
+            attn = None
+            if pool is not None:
+                table = PageTable(pages, 16)
+                for s, n in zip(seqs, lens, strict=True):
+                    table.append(s, context - n)  # earlier tokens' KV (garbage: timing only)
+                attn = AttnBatch.build(table, seqs, lens, worker.device)
+            if worker.device.type == "cuda":
+                torch.cuda.synchronize(worker.device)
+            t = time.perf_counter()
+            worker.run(inputs, pool, attn, None, tied)
+            if worker.device.type == "cuda":
+                torch.cuda.synchronize(worker.device)
+            times.append(time.perf_counter() - t)
+        return sorted(times)[len(times) // 2]
+
+    many = timed([torch.zeros(1, h, dtype=worker.dtype)] * n_seqs, list(range(n_seqs)),
+                 [1] * n_seqs)
+    one = timed([torch.zeros(n_seqs, h, dtype=worker.dtype)], [0], [n_seqs])
+    return max(0.0, (many - one) / (n_seqs - 1))

@@ -84,11 +84,13 @@ def simulate(requests: Sequence[SimRequest], chains: Mapping[str, list[str]],
              cluster: Cluster, hop_bytes_per_token: float,
              latency_target_s: float | None = None, wave_wait_s: float = 1.0,
              call_overhead_s: float = 0.0,
-             first_use_s: Mapping[str, float] | None = None) -> SimResult:
+             first_use_s: Mapping[str, float] | None = None,
+             seq_cost_s: Mapping[str, float] | None = None) -> SimResult:
     """Replay `requests`. `call_overhead_s`: the engine's own time per block call (measured:
     Engine counters step_seconds - block_seconds - load_seconds, per step). `first_use_s`:
     a block's cold start on a device (load, hash check, build, latency profile), paid by its
-    first call there; devices start empty."""
+    first call there; devices start empty. `seq_cost_s`: what each sequence of a batch beyond
+    the first adds to a block's call (workers.sequence_cost; the curves are per token)."""
     loaded: set[tuple[int, str]] = set()
     limits = {b: batch_limit(c, latency_target_s) for b, c in curves.items()}
     n_dev = len(cluster.devices)
@@ -126,7 +128,9 @@ def simulate(requests: Sequence[SimRequest], chains: Mapping[str, list[str]],
             _, _, st = q.pop(0)
             batch.append(st)
             tokens += st.pass_tokens
-        dt = curve_time(curves[block], tokens) / cluster.devices[d].speed + call_overhead_s
+        dt = curve_time(curves[block], tokens) + (len(batch) - 1) * (seq_cost_s or {}).get(
+            block, 0.0)
+        dt = dt / cluster.devices[d].speed + call_overhead_s
         if first_use_s and (d, block) not in loaded:
             loaded.add((d, block))
             dt += first_use_s.get(block, 0.0)

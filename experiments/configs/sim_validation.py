@@ -26,17 +26,18 @@ SCALES = {"toy": None, "cpu-small": None, "gpu-full": None}  # follows latency_v
 def measure_engine(zoo_dir: str | None, models: list[str], cfg=None):
     """An engine with every block loaded (nothing evicted), the keys of each model's chain
     (shared blocks share a key), a latency curve per key (profiled once per block shape on
-    the engine's device) and each key's cold start (read, hash check, build)."""
+    the engine's device), each key's cold start (read, hash check, build) and what each extra
+    sequence of a batch costs it (workers.sequence_cost)."""
     from dataclasses import replace
 
     from blockllm.runtime.config import EngineConfig
     from blockllm.runtime.engine import Engine
-    from blockllm.runtime.workers import profile_latency
+    from blockllm.runtime.workers import profile_latency, sequence_cost
     from blockllm.zoo.store import Zoo
     zoo = Zoo(zoo_dir)
     cfg = replace(cfg or EngineConfig(), memory_budget=1 << 40, speculate=False)
     eng = Engine(zoo, models, cfg)
-    chains, curves, by_shape, cold = {}, {}, {}, {}
+    chains, curves, by_shape, cold, per_seq = {}, {}, {}, {}, {}
     for m in models:
         keys = []
         for e in eng.chains[m]:
@@ -52,10 +53,11 @@ def measure_engine(zoo_dir: str | None, models: list[str], cfg=None):
                 if shape not in by_shape:
                     worker = eng.hosts[0].workers[key]
                     profile_latency(worker, repeats=1)  # first calls pay kernel set-up
-                    by_shape[shape] = profile_latency(worker, repeats=3)
-                curves[str(key)] = by_shape[shape]
+                    by_shape[shape] = (profile_latency(worker, repeats=3),
+                                       sequence_cost(worker))
+                curves[str(key)], per_seq[str(key)] = by_shape[shape]
         chains[m] = keys
-    return eng, chains, curves, cold
+    return eng, chains, curves, cold, per_seq
 
 
 def overhead_per_call(eng, reqs: list[SimRequest], toks_of) -> float:
@@ -70,11 +72,12 @@ def overhead_per_call(eng, reqs: list[SimRequest], toks_of) -> float:
     return (d["step_seconds"] - d["block_seconds"] - d["load_seconds"]) / max(1, d["steps"])
 
 
-def simulate_one_device(reqs, chains, curves, overhead: float, cold: dict) -> dict[int, float]:
+def simulate_one_device(reqs, chains, curves, overhead: float, cold: dict,
+                        seq_cost: dict | None = None) -> dict[int, float]:
     """e2e of each request in the simulator, on one device holding every block."""
     sim = simulate(reqs, chains, curves, {b: (0,) for b in curves},
                    Cluster((Device(0, 1 << 40),)), 0.0, call_overhead_s=overhead,
-                   first_use_s=cold)
+                   first_use_s=cold, seq_cost_s=seq_cost)
     return sim.e2e
 
 
@@ -107,7 +110,7 @@ def run(scale: str, out: Path, zoo: str | None, models: list[str]) -> list[Path]
     if not runs:
         raise FileNotFoundError(f"run `blockllm bench run latency_vs_rate --scale {scale}` "
                                 "first: the simulator is checked against its results")
-    chains = curves = toks = overhead = None
+    chains = curves = toks = overhead = per_seq = None
     rows = []
     for path in runs:
         header, real, _ = load(path)
@@ -116,15 +119,17 @@ def run(scale: str, out: Path, zoo: str | None, models: list[str]) -> list[Path]
         real = real[real["status"] == "ok"]
         by_i = {int(r.i): int(r.tokens) for r in real.itertuples()}
         if chains is None:
-            eng, chains, curves, cold = measure_engine(zoo, trace["models"])
+            eng, chains, curves, cold, per_seq = measure_engine(zoo, trace["models"])
             toks = {m: eng.zoo.tokenizer(m) for m in trace["models"]}
         prompts = {r["i"]: toks[r["model"]].encode(r["prompt"]) for r in trace["requests"]}
         reqs = [SimRequest(r["i"], r["model"], r["t"], len(prompts[r["i"]]),
                            max(1, by_i[r["i"]])) for r in trace["requests"] if r["i"] in by_i]
         if overhead is None:
             overhead = overhead_per_call(eng, reqs[:8], lambda r: prompts[r.i])
-        s = np.array(list(simulate_one_device(reqs, chains, curves, overhead, cold).values()))
-        warm = np.array(list(simulate_one_device(reqs, chains, curves, overhead, {}).values()))
+        s = np.array(list(simulate_one_device(reqs, chains, curves, overhead, cold,
+                                              per_seq).values()))
+        warm = np.array(list(simulate_one_device(reqs, chains, curves, overhead, {},
+                                                 per_seq).values()))
         # the same requests on the real engine in this process (no HTTP), same budgets
         inproc = _inproc(zoo, trace, reqs, prompts, _budgets(header["command"]))
         for q in (50, 95):
