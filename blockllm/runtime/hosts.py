@@ -136,7 +136,9 @@ class LocalHost:
         if call.adapters and any(call.adapters):
             adapters = [self._adapter(a) if a else None for a in call.adapters]
         attn = call.attn.to(self.device) if call.attn is not None else None
-        return worker.run(call.inputs, self.pools.get(call.key), attn, adapters, tied)
+        # one batch may gather hidden states from blocks on different devices
+        inputs = [x.to(self.device) for x in call.inputs]
+        return worker.run(inputs, self.pools.get(call.key), attn, adapters, tied)
 
     def _adapter(self, adapter_id: str) -> LoraAdapter:
         if adapter_id not in self.adapters:
