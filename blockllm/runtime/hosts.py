@@ -35,6 +35,7 @@ class BatchCall:
     attn: AttnBatch | None = None  # decoder blocks: slots and page tables of this step
     adapters: tuple[str | None, ...] | None = None  # per request LoRA adapter id
     tied_key: Hashable | None = None  # a tied head: the key of the embedding it reads
+    kind: str = ""  # the block's kind (embed, decoder, stitch, head)
 
 
 class LocalHost:

@@ -1,9 +1,11 @@
 """The Ray backend: one actor per device, each owning a `LocalHost` (its block workers, KV pools
 and adapters). The engine stays on the driver and schedules; actors only load, drop and run.
 
-Hidden states travel as the actors' return values through Ray's object store (shared memory on
-one node, the network across nodes) and back in the next call's arguments; KV never moves:
-it stays in the pool of the actor that runs the block. An actor runs its calls in the order
+Hidden states go from actor to actor through Ray's object store (shared memory on one node, the
+network across nodes): a call returns one object per request, the engine keeps only their
+references and passes them to the next block's actor, which fetches them itself; only the
+head's logits come to the engine, which samples. KV never moves while serving: it stays in the
+pool of the actor that runs the block. An actor runs its calls in the order
 they were sent, so a `drop` or `load` sent before a `run` has happened when the run starts.
 While one actor computes, the engine starts batches on the others (`submit` returns at once)
 and takes in whichever finishes first (`collect`).
@@ -13,6 +15,7 @@ Ray is imported here only: the local backend never needs it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Hashable
 
@@ -46,7 +49,21 @@ class _DeviceActor:
         self.host.put_pool(key, layout, kv)
 
     def run(self, call: BatchCall):
-        return [o.cpu() for o in self.host.run(call)]  # GPU tensors leave the device here
+        """(None, output per request), or (the exception, None per request): one return
+        value each, so every output is its own object the next actor can fetch."""
+        import ray
+        refs = [i for i, x in enumerate(call.inputs) if isinstance(x, ray.ObjectRef)]
+        n = len(call.inputs)
+        try:
+            if refs:  # hidden states straight from the actors that computed them
+                inputs = list(call.inputs)
+                for i, x in zip(refs, ray.get([inputs[i] for i in refs]), strict=True):
+                    inputs[i] = x
+                call = dataclasses.replace(call, inputs=inputs)
+            outs = [o.cpu() for o in self.host.run(call)]  # GPU tensors leave the device here
+        except Exception as e:  # noqa: BLE001 - handed back to the engine, which isolates it
+            return (e, *([None] * n))
+        return (None, *outs)
 
     def pid(self) -> int:
         return os.getpid()
@@ -90,22 +107,31 @@ class RayHost:
         self.actor.put_pool.remote(key, layout, kv)  # ordered before the block's next run
 
     def submit(self, call: BatchCall):
-        return self.actor.run.remote(call)
+        """(status reference, one reference per request's output, fetch the outputs?)."""
+        refs = self.actor.run.options(num_returns=len(call.inputs) + 1).remote(call)
+        return refs[0], refs[1:], call.kind == "head"
 
     def collect(self, handles: list, timeout: float | None = None) -> list[int]:
         """Indices of the handles done: waits for the first, then takes any others ready."""
         import ray
-        ray.wait(handles, num_returns=1, timeout=timeout)
-        ready, _ = ray.wait(handles, num_returns=len(handles), timeout=0)
+        status = [h[0] for h in handles]
+        ray.wait(status, num_returns=1, timeout=timeout)
+        ready, _ = ray.wait(status, num_returns=len(status), timeout=0)
         done = set(ready)
-        return [i for i, h in enumerate(handles) if h in done]
+        return [i for i, s in enumerate(status) if s in done]
 
     def result(self, handle):
+        """The block's error, raised; else its outputs: references that stay in the object
+        store for the next actor, or the head's logits, fetched for sampling."""
         import ray
+        status, outs, fetch = handle
         try:
-            return ray.get(handle)
-        except ray.exceptions.RayTaskError as e:  # the block's own error, not Ray's wrapper
-            raise e.cause if isinstance(e.cause, Exception) else e from None
+            error = ray.get(status)
+        except ray.exceptions.RayError as e:  # the actor died
+            raise RuntimeError(f"device actor {self.index} failed: {e}") from None
+        if error is not None:
+            raise error
+        return ray.get(outs) if fetch else outs
 
     def shutdown(self) -> None:
         import ray

@@ -189,7 +189,7 @@ def launch(engine, device: int, key: Hashable, reqs: list[Request]) -> None:
                                   [len(r.feed) for r in reqs])
         ids = tuple(r.chain[r.stage].adapter for r in reqs)
         adapters = ids if any(ids) else None
-    call = BatchCall(key, inputs, attn, adapters, engine.tied_embed_key(key, reqs[0]))
+    call = BatchCall(key, inputs, attn, adapters, engine.tied_embed_key(key, reqs[0]), kind)
     # a request preempted or ended while its batch runs gets a new epoch: its output is void
     epochs = [(r.preemptions, r.state) for r in reqs]
     t0 = time.perf_counter()
