@@ -85,7 +85,7 @@ def _replay(zoo_dir, models, cfg, trace, prompts, sampler_pid, warm: bool = Fals
     from blockllm.runtime.engine import Engine
     from blockllm.zoo.store import Zoo
     from experiments.harness import Sampler
-    from experiments.inproc import replay_engine
+    from experiments.inproc import counters_since, replay_engine
     eng = Engine(Zoo(zoo_dir), models, cfg)
     if warm:
         replay_engine(eng, trace, prompts)
@@ -94,11 +94,10 @@ def _replay(zoo_dir, models, cfg, trace, prompts, sampler_pid, warm: bool = Fals
     s.start()
     recs = replay_engine(eng, trace, prompts)
     samples = s.stop()
-    util = [x["util"] for x in samples if x.get("util") is not None]
     eng.close()
-    counters = {k: v - before[k] for k, v in eng.counters.items()}
-    return recs, counters, {"gpu_util_mean": float(np.mean(util)) if util else None,
-                                      "sampler": s.kind}
+    util = [x["util"] for x in samples if x.get("util") is not None]
+    return recs, counters_since(eng, before), {
+        "gpu_util_mean": float(np.mean(util)) if util else None, "sampler": s.kind}
 
 
 @click.command()

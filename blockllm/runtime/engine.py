@@ -28,7 +28,15 @@ from blockllm.runtime.kv_manager import KVManager
 from blockllm.runtime.moves import replan
 from blockllm.runtime.request import Request, State
 from blockllm.runtime.residency import Residency
-from blockllm.runtime.scheduling import admit, finish_ready, launch, pick, reenter, take
+from blockllm.runtime.scheduling import (
+    Inflight,
+    admit,
+    finish_ready,
+    launch,
+    pick,
+    reenter,
+    take,
+)
 from blockllm.runtime.speculation import speculate
 from blockllm.zoo.partition import ChainEntry
 from blockllm.zoo.store import Zoo
@@ -56,7 +64,7 @@ class Engine:
         self.memory = [Residency(config.memory_budget) for _ in self.hosts]  # per device
         self.served: dict[str, float] = {}  # requests per model, decayed at each placement
         self.last_plan = time.perf_counter()
-        self.inflight: dict[int, tuple] = {}  # device -> its running batch (see launch)
+        self.inflight: dict[int, Inflight] = {}  # device -> the batch running there
         self.limits: dict[Hashable, int] = {}
         self._curves: dict[str, list[tuple[int, float]]] = {}
         self.queues: dict[Hashable, deque[tuple[float, Request]]] = {}
@@ -128,9 +136,6 @@ class Engine:
             for bid in (e.block, e.adapter):
                 if bid and bid not in self.info:
                     self.info[bid] = self.zoo.block_info(bid)
-
-    def _decoder_keys(self, req: Request) -> tuple[Hashable, ...]:
-        return req.decoder_keys
 
     # ---- requests -------------------------------------------------------------------------
 

@@ -41,9 +41,10 @@ def _group(engine, key: Hashable) -> list[Hashable]:
 
 def move(engine, key: Hashable, dst: int) -> bool:
     """Move `key` (and what must stay beside it) to device `dst`. False: not now (running,
-    or it does not fit there beside the block running there); nothing changed."""
+    or it does not fit there beside the block running there); a group's keys that had moved
+    before the one that did not fit stay moved (each move is whole and safe on its own)."""
     group = _group(engine, key)
-    running = {v[0] for v in engine.inflight.values()}
+    running = {b.key for b in engine.inflight.values()}
     if any(k in running for k in group):
         return False
     entries = _entries(engine)
@@ -63,7 +64,7 @@ def _move_one(engine, key: Hashable, dst: int, entry_model: tuple) -> None:
     old, new = engine.memory[src], engine.memory[dst]
     resident = old.resident(key)
     if resident:  # make: load on the new device before anything is freed on the old one
-        pinned = [v[0] for d, v in engine.inflight.items() if d == dst]
+        pinned = [engine.inflight[dst].key] if dst in engine.inflight else []
         _, evict = new.plan({key: old.size(key)}, pinned)
         for k in evict:
             engine.evict(k)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Hashable
+from typing import NamedTuple
 
 import torch
 
@@ -26,7 +27,7 @@ def admit(engine) -> None:
     empty pools fails."""
     while engine.waiting:
         req: Request = engine.waiting[0]
-        keys, n = engine._decoder_keys(req), len(req.feed)
+        keys, n = req.decoder_keys, len(req.feed)
         ok = engine.kv.reserve(req.id, keys, n) if engine.cfg.coordinate_kv else \
             engine.kv.fits(req.id, keys[:1], n)
         if not ok:
@@ -111,8 +112,8 @@ def _missing_bytes(engine, key: Hashable, req: Request) -> int:
     """Bytes that running `key` for `req` would load: the block, or its whole model."""
     if engine.cfg.residency_unit != "model":
         return engine.info[req.chain[req.stage].block].nbytes
-    return sum(engine.info[e.block].nbytes for e in req.chain
-               if not engine.resident(engine.key(req.model, e)))
+    return sum(engine.info[e.block].nbytes for k, e in zip(req.keys, req.chain, strict=True)
+               if not engine.resident(k))
 
 
 def _ensure_resident(engine, key: Hashable, req: Request) -> bool:
@@ -120,12 +121,12 @@ def _ensure_resident(engine, key: Hashable, req: Request) -> bool:
 
     With whole-model residency (the per-model baseline) the unit is the request's whole chain.
     Everything in `need` is on the device of `key` (see devices.place_keys)."""
-    entries = list(req.chain) if engine.cfg.residency_unit == "model" else [req.chain[req.stage]]
-    need = {engine.key(req.model, e): engine.info[e.block].nbytes for e in entries}
+    stages = range(len(req.chain)) if engine.cfg.residency_unit == "model" else [req.stage]
+    need = {req.keys[i]: engine.info[req.chain[i].block].nbytes for i in stages}
     embed_key = engine.tied_embed_key(key, req)
     if embed_key is not None:
         need[embed_key] = engine.info[req.chain[0].block].nbytes
-    by_key = {engine.key(req.model, e): e for e in req.chain}
+    by_key = dict(zip(req.keys, req.chain, strict=True))
     t0 = time.perf_counter()
     mem = engine.residency(key)
     load, evict = mem.plan(need)
@@ -174,6 +175,16 @@ def take(engine, key: Hashable) -> list[Request]:
     return batch
 
 
+class Inflight(NamedTuple):
+    """A batch running on a device."""
+    key: Hashable
+    kind: str
+    reqs: list[Request]
+    epochs: list[tuple]  # (preemptions, state) of each request when it started
+    handle: object  # the host's handle of the call
+    t0: float
+
+
 def launch(engine, device: int, key: Hashable, reqs: list[Request]) -> None:
     """Start the batch on its device; its outputs are taken in by `finish_ready`."""
     if not reqs:
@@ -199,23 +210,23 @@ def launch(engine, device: int, key: Hashable, reqs: list[Request]) -> None:
     except Exception as e:  # a failing block ends its batch's requests, not the server
         engine.block_failed(key, reqs, e)
         return
-    engine.inflight[device] = (key, kind, reqs, epochs, handle, t0)
+    engine.inflight[device] = Inflight(key, kind, reqs, epochs, handle, t0)
 
 
 def finish_ready(engine) -> None:
     """Wait until at least one device's batch is done; hand each finished batch's outputs on."""
     devices = list(engine.inflight)
-    handles = [engine.inflight[d][4] for d in devices]
+    handles = [engine.inflight[d].handle for d in devices]
     for i in engine.hosts[0].collect(handles):
         d = devices[i]
-        key, kind, reqs, epochs, handle, t0 = engine.inflight.pop(d)
+        done = engine.inflight.pop(d)
         try:
-            outs = engine.hosts[d].result(handle)
+            outs = engine.hosts[d].result(done.handle)
         except Exception as e:  # noqa: BLE001 - isolate the block, keep serving
-            engine.block_failed(key, reqs, e)
+            engine.block_failed(done.key, done.reqs, e)
             continue
-        engine.counters["block_seconds"] += time.perf_counter() - t0
-        _postprocess(engine, kind == "head", reqs, epochs, outs)
+        engine.counters["block_seconds"] += time.perf_counter() - done.t0
+        _postprocess(engine, done.kind == "head", done.reqs, done.epochs, outs)
 
 
 def _postprocess(engine, head: bool, reqs: list[Request], epochs: list, outs) -> None:
@@ -236,7 +247,7 @@ def reenter(engine, req: Request) -> None:
     if not engine.cfg.coordinate_kv:
         engine._enqueue(req)
         return
-    keys = engine._decoder_keys(req)
+    keys = req.decoder_keys
     while not engine.kv.reserve(req.id, keys, 1):
         short = engine.kv.shortest(keys, req.id, 1)
         victims = [engine.running[i] for k in short for i in engine.kv.holders(k)

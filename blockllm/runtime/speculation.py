@@ -29,14 +29,15 @@ from collections.abc import Hashable
 
 from blockllm.runtime.devices import is_tied
 from blockllm.runtime.request import Request
+from blockllm.runtime.residency import OverBudget
 
 
 def upcoming(engine, ahead: int) -> dict[Hashable, tuple]:
     """Blocks the requests in flight and in queues will run within `ahead` hops, soonest
     first: key -> (chain entry, model)."""
     reqs: list[tuple[Request, int]] = []  # (request, hops already certain)
-    for _key, _kind, batch, *_ in engine.inflight.values():
-        reqs += [(r, 1) for r in batch]  # running now: its next block is one hop away
+    for running in engine.inflight.values():
+        reqs += [(r, 1) for r in running.reqs]  # running now: its next block is one hop away
     for q in engine.queues.values():
         reqs += [(r, 0) for _, r in q]  # queued: this block, then the next
     out: dict[Hashable, tuple] = {}
@@ -72,16 +73,11 @@ def speculate(engine) -> None:
         if is_tied(key):
             continue  # a tied head is norm weights only; it loads with its embedding, on use
         mem, size = engine.residency(key), engine.info[entry.block].nbytes
-        free, evict = mem.budget - mem.used - size, []
-        if free < 0 and busy is None:
+        if mem.used + size > mem.budget and busy is None:
             busy = set(wanted) | _in_use(engine)
-        for k in mem.keys():  # least recently used first
-            if free >= 0:
-                break
-            if k not in busy:
-                evict.append(k)
-                free += mem.size(k)
-        if free < 0:
+        try:
+            _, evict = mem.plan({key: size}, pinned=busy or ())
+        except OverBudget:
             continue  # only blocks with work could make room: no guess is worth that
         for k in evict:
             engine.evict(k)

@@ -63,38 +63,53 @@ def new_pool(cfg: LlamaConfig, n_layers: int, pages: int, page_size: int, dtype:
                   dtype, device)
 
 
+def _dummies(worker: BlockWorker, pages: int):
+    """A KV pool of `pages` pages (decoder blocks) and a tied embedding (tied heads) for timing
+    calls on dummy inputs; None where the block needs none."""
+    cfg = worker.cfg
+    pool = new_pool(cfg, len(worker.module.layers), pages, 16, worker.dtype, worker.device) \
+        if worker.kind == "decoder" else None
+    tied = torch.zeros(cfg.vocab_size, cfg.hidden_size, dtype=worker.dtype,
+                       device=worker.device) \
+        if worker.kind == "head" and cfg.tie_word_embeddings else None
+    return pool, tied
+
+
+def _median_call_s(worker: BlockWorker, inputs, pool, tied, seqs: list[int],
+                   lens: list[int], context: int, repeats: int) -> float:
+    """Median seconds of `repeats` calls; each sequence's KV holds `context` tokens after it
+    (its new `lens` tokens included). A GPU call returns before its kernels finish, so the
+    device is synchronized around it: the kernels are timed, not the launch."""
+    cuda = worker.device.type == "cuda"
+    times = []
+    for _ in range(repeats):
+        attn = None
+        if pool is not None:
+            table = PageTable(pool.layout.num_pages, 16)
+            for s, n in zip(seqs, lens, strict=True):
+                table.append(s, context - n)  # earlier tokens' KV (garbage: timing only)
+            attn = AttnBatch.build(table, seqs, lens, worker.device)
+        if cuda:
+            torch.cuda.synchronize(worker.device)
+        t = time.perf_counter()
+        worker.run(inputs(), pool, attn, None, tied)
+        if cuda:
+            torch.cuda.synchronize(worker.device)
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
 def profile_latency(worker: BlockWorker, sizes: tuple[int, ...] = (1, 8, 32, 128),
                     repeats: int = 2) -> list[tuple[int, float]]:
     """Seconds per call at each batch size (tokens), median of `repeats`, on dummy inputs."""
-    cfg, h = worker.cfg, worker.cfg.hidden_size
-    n_layers = len(worker.module.layers) if worker.kind == "decoder" else 0
-    pool = new_pool(cfg, n_layers, -(-max(sizes) // 16), 16, worker.dtype, worker.device) \
-        if worker.kind == "decoder" else None
-    tied = torch.zeros(cfg.vocab_size, h, dtype=worker.dtype, device=worker.device) \
-        if worker.kind == "head" and cfg.tie_word_embeddings else None
-    cuda = worker.device.type == "cuda"
+    h = worker.cfg.hidden_size
+    pool, tied = _dummies(worker, -(-max(sizes) // 16))
 
-    def sync() -> None:
-        if cuda:
-            torch.cuda.synchronize(worker.device)
-
-    curve = []
-    for n in sizes:
-        times = []
-        for _ in range(repeats):
-            x = torch.zeros(n, dtype=torch.long) if worker.kind == "embed" else \
-                torch.zeros(n, h, dtype=worker.dtype)
-            attn = None
-            if pool is not None:
-                table = PageTable(pool.layout.num_pages, 16)
-                attn = AttnBatch.build(table, [0], [n], worker.device)
-            sync()
-            t = time.perf_counter()
-            worker.run([x], pool, attn, None, tied)
-            sync()  # a GPU call returns before its kernels finish: time them, not the launch
-            times.append(time.perf_counter() - t)
-        curve.append((n, sorted(times)[len(times) // 2]))
-    return curve
+    def inputs(n: int):
+        return lambda: [torch.zeros(n, dtype=torch.long) if worker.kind == "embed" else
+                        torch.zeros(n, h, dtype=worker.dtype)]
+    return [(n, _median_call_s(worker, inputs(n), pool, tied, [0], [n], n, repeats))
+            for n in sizes]
 
 
 def sequence_cost(worker: BlockWorker, n_seqs: int = 8, context: int = 32,
@@ -106,32 +121,10 @@ def sequence_cost(worker: BlockWorker, n_seqs: int = 8, context: int = 32,
     cluster simulator, not the engine."""
     if worker.kind not in ("decoder", "head"):
         return 0.0
-    cfg, h = worker.cfg, worker.cfg.hidden_size
-    pages = n_seqs * -(-context // 16)
-    pool = new_pool(cfg, len(worker.module.layers), pages, 16, worker.dtype, worker.device) \
-        if worker.kind == "decoder" else None
-    tied = torch.zeros(cfg.vocab_size, h, dtype=worker.dtype, device=worker.device) \
-        if worker.kind == "head" and cfg.tie_word_embeddings else None
-
-    def timed(inputs, seqs, lens) -> float:
-        times = []
-        for _ in range(repeats):
-            attn = None
-            if pool is not None:
-                table = PageTable(pages, 16)
-                for s, n in zip(seqs, lens, strict=True):
-                    table.append(s, context - n)  # earlier tokens' KV (garbage: timing only)
-                attn = AttnBatch.build(table, seqs, lens, worker.device)
-            if worker.device.type == "cuda":
-                torch.cuda.synchronize(worker.device)
-            t = time.perf_counter()
-            worker.run(inputs, pool, attn, None, tied)
-            if worker.device.type == "cuda":
-                torch.cuda.synchronize(worker.device)
-            times.append(time.perf_counter() - t)
-        return sorted(times)[len(times) // 2]
-
-    many = timed([torch.zeros(1, h, dtype=worker.dtype)] * n_seqs, list(range(n_seqs)),
-                 [1] * n_seqs)
-    one = timed([torch.zeros(n_seqs, h, dtype=worker.dtype)], [0], [n_seqs])
+    h = worker.cfg.hidden_size
+    pool, tied = _dummies(worker, n_seqs * -(-context // 16))
+    many = _median_call_s(worker, lambda: [torch.zeros(1, h, dtype=worker.dtype)] * n_seqs,
+                          pool, tied, list(range(n_seqs)), [1] * n_seqs, context, repeats)
+    one = _median_call_s(worker, lambda: [torch.zeros(n_seqs, h, dtype=worker.dtype)],
+                         pool, tied, [0], [n_seqs], context, repeats)
     return max(0.0, (many - one) / (n_seqs - 1))

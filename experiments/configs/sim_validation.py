@@ -63,12 +63,13 @@ def measure_engine(zoo_dir: str | None, models: list[str], cfg=None):
 def overhead_per_call(eng, reqs: list[SimRequest], toks_of) -> float:
     """The engine's own seconds per block call (admission, picking, batching, sampling), from
     its counters over a warm in-process run of a sample of the trace, all submitted at once."""
+    from experiments.inproc import counters_since
     before = dict(eng.counters)
     for r in reqs:
         eng.submit(r.model, toks_of(r), max_tokens=r.max_tokens, stop_ids=frozenset())
     while eng.has_work():
         eng.step()
-    d = {k: eng.counters[k] - before[k] for k in eng.counters}
+    d = counters_since(eng, before)
     return (d["step_seconds"] - d["block_seconds"] - d["load_seconds"]) / max(1, d["steps"])
 
 
@@ -91,18 +92,17 @@ def _budgets(command: list[str]) -> dict:
 
 def _inproc(zoo, trace: dict, reqs: list[SimRequest], prompts: dict, budgets: dict):
     """e2e of the trace's requests (each generating the tokens it generated over HTTP) on an
-    engine in this process, warm: a first replay loads every block and meets every kernel
-    shape (oneDNN and CUDA libraries pay for a new shape once), the second is measured. The
-    simulator knows block loads (`first_use_s`), not those one-off library costs."""
+    engine in this process, warm (inproc.warm_replay). The simulator knows block loads
+    (`first_use_s`), not the one-off library costs a first replay pays."""
     from blockllm.runtime.config import EngineConfig
     from blockllm.runtime.engine import Engine
     from blockllm.zoo.store import Zoo
-    from experiments.inproc import replay_engine
+    from experiments.inproc import warm_replay
     sub = {**trace, "requests": [{"i": r.i, "model": r.model, "t": r.t,
                                   "max_tokens": r.max_tokens} for r in reqs]}
     eng = Engine(Zoo(zoo), trace["models"], EngineConfig(**budgets))
-    replay_engine(eng, sub, prompts)
-    return np.array([r["e2e"] for r in replay_engine(eng, sub, prompts)])
+    recs, _ = warm_replay(eng, sub, prompts)
+    return np.array([r["e2e"] for r in recs])
 
 
 def run(scale: str, out: Path, zoo: str | None, models: list[str]) -> list[Path]:
