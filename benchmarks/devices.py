@@ -1,5 +1,7 @@
 """What several devices cost on one machine: the same requests on one device, on two in-process
-hosts and on two Ray actors, greedy, all 6 zoo models x 4 requests x 16 tokens at once.
+hosts and on two Ray actors, each with one replica per block and with two replicas of the
+shared blocks (routed per request, runtime.routing), greedy, all 6 zoo models x 4 requests x
+16 tokens at once.
 
     python -m benchmarks.devices [--zoo DIR] [--out results/devices.json]
 
@@ -27,9 +29,10 @@ def main(zoo_dir, out):
     models = zoo.models()
     prompts = {m: zoo.tokenizer(m).encode("Compute: 12+30=") for m in models}
     rows, first = [], None
-    for devices, backend in [(1, "local"), (2, "local"), (2, "ray")]:
+    for devices, backend, replicas in [(1, "local", 1), (2, "local", 1), (2, "local", 2),
+                                       (2, "ray", 1), (2, "ray", 2)]:
         eng = Engine(zoo, models, EngineConfig(memory_budget=3 << 30, devices=devices,
-                                               backend=backend))
+                                               backend=backend, replicas=replicas))
         for m in models:  # warm: every block loaded and profiled
             eng.generate(m, [prompts[m]], 2)
         t = time.perf_counter()
@@ -40,7 +43,7 @@ def main(zoo_dir, out):
         wall = time.perf_counter() - t
         outs = [r.output for r in reqs]
         first = first or outs
-        rows.append({"devices": devices, "backend": backend, "wall_s": wall,
+        rows.append({"devices": devices, "backend": backend, "replicas": replicas, "wall_s": wall,
                      "tokens_per_s": sum(map(len, outs)) / wall, "steps": eng.counters["steps"],
                      "same_tokens_as_one_device": outs == first})
         click.echo(json.dumps(rows[-1]))

@@ -44,11 +44,15 @@ def test_openai_client_greedy_equals_transformers_concurrently(server):
     _all_models_at_once_equal_transformers(*server)
 
 
-def test_ray_backend_server_equals_transformers(served_zoo):
-    """`serve --backend ray --devices 2`: two actor processes hold the blocks; same tokens."""
-    pytest.importorskip("ray")
+@pytest.mark.parametrize("args", [("--backend", "ray", "--devices", "2"),
+                                  ("--devices", "3", "--replicas", "2")], ids=["ray", "replicas"])
+def test_several_devices_server_equals_transformers(served_zoo, args):
+    """`serve --backend ray --devices 2` (two actor processes hold the blocks) and
+    `serve --devices 3 --replicas 2` (shared blocks twice, routed per request): same tokens."""
+    if "ray" in args:
+        pytest.importorskip("ray")
     root, models, expected = served_zoo
-    with live_server(root, models, "--backend", "ray", "--devices", "2") as (url, _):
+    with live_server(root, models, *args) as (url, _):
         _all_models_at_once_equal_transformers(url, models, expected)
 
 

@@ -23,6 +23,9 @@ from blockllm.cli.format import parse_bytes
 @click.option("--placement", default="locality", show_default=True,
               type=click.Choice(["locality", "round_robin", "random"]),
               help="How blocks are placed on the devices.")
+@click.option("--replicas", default=1, show_default=True, type=click.IntRange(1),
+              help="With --devices > 1: copies of each block several served models share, on "
+                   "different devices; a request keeps one replica per block (its KV's home).")
 @click.option("--replan-every", default=None, type=click.FloatRange(0.1),
               help="With --devices > 1: place blocks again by the load seen every this many "
                    "seconds, moving them (weights and KV) while serving.")
@@ -54,7 +57,7 @@ from blockllm.cli.format import parse_bytes
 @click.option("--max-body", default="1MiB", show_default=True, help="Largest request body.")
 @user_errors
 def serve(zoo_dir, models, memory_budget, kv_budget, device, devices, backend, placement,
-          replan_every, ray_address, dtype, host, port, no_sharing,
+          replicas, replan_every, ray_address, dtype, host, port, no_sharing,
           no_kv_coordination, speculate, batch_tokens, equivalence, baseline, api_key, max_waiting,
           request_timeout, max_body):
     """Serve zoo models over HTTP (OpenAI API: /v1/completions, /v1/chat/completions)."""
@@ -74,7 +77,7 @@ def serve(zoo_dir, models, memory_budget, kv_budget, device, devices, backend, p
                            use_equivalence=equivalence, max_waiting=max_waiting,
                            speculate=speculate,
                            devices=devices, backend=backend, placement=placement,
-                           replan_s=replan_every,
+                           replicas=replicas, replan_s=replan_every,
                            ray_address=ray_address)
         if baseline == "per-model":
             from baselines.per_model import per_model_config

@@ -25,6 +25,9 @@ class EngineConfig:
     devices: int = 1  # hosts: cuda:0..N-1 with device=cuda; N hosts sharing one CPU with cpu
     backend: str = "local"  # local: hosts in this process | ray: one Ray actor per device
     placement: str = "locality"  # locality | round_robin | random: blocks onto devices
+    replicas: int = 1  # with several devices: copies of each block that several served
+    #                    models share (one per device at most); a request uses one replica of
+    #                    each block for its whole life, chosen at admission (runtime.routing)
     replan_s: float | None = None  # with several devices: place blocks again by the load seen
     #                                every this many seconds, moving them while serving
     ray_address: str | None = None  # an existing Ray cluster (None: start one on this machine)
@@ -45,8 +48,8 @@ class EngineConfig:
             raise ValueError("residency_unit is block or model")
         if self.speculate_ahead < 0:
             raise ValueError("speculate_ahead must be >= 0")
-        if self.devices < 1:
-            raise ValueError("devices must be >= 1")
+        if self.devices < 1 or self.replicas < 1:
+            raise ValueError("devices and replicas must be >= 1")
         if self.backend not in ("local", "ray"):
             raise ValueError("backend is local or ray")
         if self.placement not in ("locality", "round_robin", "random"):

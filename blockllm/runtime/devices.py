@@ -2,11 +2,14 @@
 
 Keys are placed once, at start, by the same functions the cluster simulator uses
 (`runtime.placement`): the chains of the served models (and their equivalent chains) form
-the workload, each device is one GPU of one server (the links of one machine), and each block
-gets one replica (the engine does not replicate blocks yet; the simulator does). Two rules
-override the placement: a tied head runs where its embedding is (its logits read the
-embedding's weight), and with whole-model residency (the per-model baseline) each model's
-blocks all go to one device, models spread round-robin.
+the workload, each device is one GPU of one server (the links of one machine). A block in
+the chains of several served models gets up to `EngineConfig.replicas` replicas
+(`placement.add_replicas`: on the least busy devices with room), each a key of its own
+(`replica_key`: its own worker, queue and KV pool); which replica a request uses is
+`runtime.routing`. Two rules override the placement: a tied head runs where its embedding
+is, one replica beside each of the embedding's (its logits read the embedding's weight), and
+with whole-model residency (the per-model baseline) each model's blocks all go to one
+device, models spread round-robin, one replica each.
 """
 
 from __future__ import annotations
@@ -18,13 +21,29 @@ from blockllm.runtime.config import EngineConfig
 from blockllm.runtime.placement import (
     PLACEMENTS,
     PlacementError,
+    add_replicas,
     cluster_of,
     workload_from_chains,
 )
 
 
+def replica_key(key: Hashable, i: int) -> Hashable:
+    """The key of replica i of a block key; replica 0 is the key itself."""
+    return key if i == 0 else (key, "replica", i)
+
+
+def base_key(key: Hashable) -> Hashable:
+    """The block key a replica key is a replica of (a key that is no replica: itself)."""
+    return key[0] if isinstance(key, tuple) and len(key) == 3 and key[1] == "replica" else key
+
+
+def replica_index(key: Hashable) -> int:
+    return key[2] if base_key(key) is not key else 0
+
+
 def is_tied(key: Hashable) -> bool:
-    """A tied head's key (see Engine.key): (block, "tied", embedding block)."""
+    """A tied head's key (see Engine.key), or a replica of one: (block, "tied", embedding)."""
+    key = base_key(key)
     return isinstance(key, tuple) and len(key) == 3 and key[1] == "tied"
 
 
@@ -52,16 +71,17 @@ def make_hosts(zoo, cfg: EngineConfig) -> list:
     return [LocalHost(zoo, name, cfg.dtype, i) for i, name in enumerate(names)]
 
 
-def place_keys(engine, rates: dict[str, float] | None = None) -> dict[Hashable, int]:
-    """Device index of every key the engine may run. `rates`: requests per model (the
-    popularity of its chains; equal when None)."""
+def place_keys(engine, rates: dict[str, float] | None = None) -> dict[Hashable, tuple[int, ...]]:
+    """The devices of the replicas of every block key the engine may run (base keys, first
+    replica first). `rates`: requests per model (the popularity of its chains; equal when
+    None)."""
     n, cfg = len(engine.hosts), engine.cfg
     models = list(engine.models)
     entries = {m: engine._all_entries(m) for m in models}
     if n == 1:
-        return {engine.key(m, e): 0 for m in models for e in entries[m]}
+        return {engine.key(m, e): (0,) for m in models for e in entries[m]}
     if cfg.residency_unit == "model":
-        return {engine.key(m, e): i % n for i, m in enumerate(models) for e in entries[m]}
+        return {engine.key(m, e): (i % n,) for i, m in enumerate(models) for e in entries[m]}
     chains = {m: [e.block for e in engine.chains[m]] for m in models}
     for m in models:  # equivalent chains count as more chains of the same model
         for j, (_, chain, _) in enumerate(engine.options.get(m, ())):
@@ -78,12 +98,34 @@ def place_keys(engine, rates: dict[str, float] | None = None) -> dict[Hashable, 
         placed = PLACEMENTS[cfg.placement](work, cluster)
     except PlacementError as e:
         raise UserError(f"cannot place the blocks on {n} devices: {e}") from e
+    if cfg.replicas > 1 and cfg.share_blocks:  # blocks of several models' chains
+        users = {b: {m for m in models for e in entries[m] if e.block == b} for b in sizes}
+        placed = add_replicas(placed, work, cluster, {b: min(cfg.replicas, n)
+                                                      for b, u in users.items() if len(u) > 1})
     where = {}
     for m in models:
         for e in entries[m]:
-            where[engine.key(m, e)] = placed[e.block][0]
+            where[engine.key(m, e)] = placed[e.block]
         embed = where[engine.key(m, engine.chains[m][0])]
         for e in entries[m]:
             if is_tied(engine.key(m, e)):
                 where[engine.key(m, e)] = embed
     return where
+
+
+def expand(placed: dict[Hashable, tuple[int, ...]]) -> dict[Hashable, int]:
+    """Replica key -> device, from `place_keys`'s output."""
+    return {replica_key(k, i): d for k, devs in placed.items() for i, d in enumerate(devs)}
+
+
+def key_layout(engine, placed: dict[Hashable, tuple[int, ...]]) -> None:
+    """Set the engine's replicas (block key -> its replica keys), where (replica key ->
+    device) and entry_of (replica key -> (chain entry, model)) from `place_keys`'s output."""
+    engine.replicas = {k: tuple(replica_key(k, i) for i in range(len(devs)))
+                       for k, devs in placed.items()}
+    engine.where = expand(placed)
+    engine.entry_of = {}
+    for m in engine.models:
+        for e in engine._all_entries(m):
+            for r in engine.replicas[engine.key(m, e)]:
+                engine.entry_of.setdefault(r, (e, m))

@@ -1,7 +1,9 @@
 """The block-chain engine: `step()` = schedule a block's batch on every idle device, run them,
 postprocess what finished.
 
-Every block (key) has a queue and a device (`devices.place_keys`). A request's pass goes embed -> decoder/stitch blocks -> head,
+Every block (key; each replica of a shared block is a key of its own) has a queue and a
+device (`devices.place_keys`); a request keeps one replica of each block, chosen at admission
+(`routing`). A request's pass goes embed -> decoder/stitch blocks -> head,
 waiting in each block's queue; a block shared by several models' chains batches all of their
 requests. After the head samples a token the request re-enters the embedding's queue. The
 scheduler picks, for each idle device, one of the blocks placed there (`scheduling.pick`),
@@ -22,12 +24,14 @@ import torch
 from blockllm.errors import Busy, UserError
 from blockllm.models.sampling import SamplingParams, sample
 from blockllm.runtime.batch_policy import batch_limit
+from blockllm.runtime.chains import assemble_chain, load_options
 from blockllm.runtime.config import EngineConfig
-from blockllm.runtime.devices import is_tied, make_hosts, place_keys
+from blockllm.runtime.devices import is_tied, key_layout, make_hosts, place_keys
 from blockllm.runtime.kv_manager import KVManager
 from blockllm.runtime.moves import replan
 from blockllm.runtime.request import Request, State
 from blockllm.runtime.residency import Residency
+from blockllm.runtime.routing import set_keys
 from blockllm.runtime.scheduling import (
     Inflight,
     admit,
@@ -53,14 +57,14 @@ class Engine:
         self.info = {}  # block id -> BlockRow
         for chain in self.chains.values():
             self._register(chain)
-        self.options = self._load_options() if config.use_equivalence else {}
-        dec_keys = {self.key(m, e) for m in models for e in self._all_entries(m)
-                    if self.info[e.block].kind == "decoder"}
-        page_bytes = self._page_bytes(next(iter(self.models.values())))
-        pages = max(1, config.kv_budget // max(1, len(dec_keys) * page_bytes))
-        self.kv = KVManager({k: pages for k in dec_keys}, config.page_size)
+        self.options = load_options(self) if config.use_equivalence else {}
         self.hosts = make_hosts(zoo, config)
-        self.where = place_keys(self)  # key -> index of the host (device) that runs it
+        key_layout(self, place_keys(self))  # replicas, where (key -> device), entry_of
+        dec_keys = [k for k, (e, _) in self.entry_of.items()
+                    if self.info[e.block].kind == "decoder"]
+        self.kv = KVManager.split(dec_keys, config.kv_budget,
+                                  self._page_bytes(next(iter(self.models.values()))),
+                                  config.page_size)
         self.memory = [Residency(config.memory_budget) for _ in self.hosts]  # per device
         self.served: dict[str, float] = {}  # requests per model, decayed at each placement
         self.last_plan = time.perf_counter()
@@ -120,17 +124,6 @@ class Engine:
         return 2 * self.cfg.page_size * cfg.num_key_value_heads * cfg.head_dim * \
             torch.empty((), dtype=self.dtype).element_size()
 
-    def _load_options(self) -> dict:
-        from blockllm.zoo.evidence import budget, load_options
-        out = {}
-        for m in self.models:
-            b = budget(self.zoo, m)
-            out[m] = [(o.label, o.chain, o.drop_points) for o in load_options(self.zoo, m)
-                      if o.drop_points <= b]
-            for _, chain, _ in out[m]:
-                self._register(chain)
-        return out
-
     def _register(self, chain) -> None:
         for e in chain:
             for bid in (e.block, e.adapter):
@@ -156,27 +149,11 @@ class Engine:
                        f"(max_waiting {self.cfg.max_waiting}); retry later")
         stop = frozenset(cfg.eos_token_ids) if stop_ids is None else stop_ids
         req = Request(next(self._ids), model, list(prompt), params, max_tokens, stop,
-                      self._assemble(model))
-        req.keys = tuple(self.key(model, e) for e in req.chain)  # read on every hop
-        req.decoder_keys = tuple(k for k, e in zip(req.keys, req.chain, strict=True)
-                                 if self.info[e.block].kind == "decoder")
+                      assemble_chain(self, model))
+        set_keys(self, req, tuple(self.key(model, e) for e in req.chain))  # routed at admission
         self.waiting.append(req)
         self.served[model] = self.served.get(model, 0) + 1
         return req
-
-    def _assemble(self, model: str) -> tuple[ChainEntry, ...]:
-        if not self.options.get(model):
-            return self.chains[model]
-        from blockllm.zoo.assembly import assemble, chain_blocks
-        # blocks resident now, or needed by the other served models anyway, cost nothing extra
-        others = set().union(*(chain_blocks(c) for m, c in self.chains.items() if m != model))
-        resident = frozenset(k for r in self.memory for k in r.keys() if isinstance(k, str)) | \
-            others
-        load = {k: float(len(q)) for k, q in self.queues.items() if isinstance(k, str)}
-        sizes = {b: r.nbytes for b, r in self.info.items()}
-        opts = [("exact", self.chains[model], 0.0)] + [
-            o for o in self.options[model] if o[0] != "exact"]
-        return assemble(opts, float("inf"), resident, load, sizes).chain
 
     def abort(self, req: Request, reason: str = "abort") -> None:
         if req.state is State.FINISHED:
@@ -225,8 +202,9 @@ class Engine:
                     q.remove(item)
 
     def tied_embed_key(self, key: Hashable, req: Request) -> Hashable | None:
-        """For a tied head's key, the key of the embedding block its logits need."""
-        return self.key(req.model, req.chain[0]) if is_tied(key) else None
+        """For a tied head's key, the key of the embedding replica its logits need (on the
+        head's device: see runtime.routing)."""
+        return req.keys[0] if is_tied(key) else None
 
     def _enqueue(self, req: Request) -> None:
         key = req.keys[req.stage]

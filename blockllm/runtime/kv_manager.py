@@ -20,6 +20,13 @@ class KVManager:
         self.page_size = page_size
         self.tables = {k: PageTable(n, page_size) for k, n in pages.items()}
 
+    @classmethod
+    def split(cls, keys: Sequence[Hashable], budget: int, page_bytes: int,
+              page_size: int) -> KVManager:
+        """`budget` bytes of KV split evenly over the pools of `keys` (a page each at least)."""
+        pages = max(1, budget // max(1, len(keys) * page_bytes))
+        return cls({k: pages for k in keys}, page_size)
+
     def fits(self, req: int, keys: Sequence[Hashable], n_tokens: int) -> bool:
         return all(self.tables[k].can_append(req, n_tokens) for k in keys)
 

@@ -6,11 +6,14 @@ on the new one first (evicting there least recently used, never the block runnin
 its KV pool moves with it, while the requests holding pages keep their page tables, which
 live in the engine; then the engine sends its queue to the new device and frees the old copy.
 No request is dropped, preempted or recomputed: its next pass finds its KV where the block
-now is. A tied head moves with its embedding (its logits read the embedding's weight).
+now is. A tied head moves with its embedding (its logits read the embedding's weight). A
+replica moves as any block does (it is a key of its own), so the routes of the requests
+holding KV in it stay valid.
 
 `replan(engine)` places the blocks again with the placement function used at start, weighting
 each model's chain by the requests it got (halved at each plan), and moves the blocks whose
-device changed; a block that is running stays and moves at a later plan. With
+device changed (a block keeps its number of replicas); a block that is running stays and
+moves at a later plan. With
 `EngineConfig.replan_s` the engine replans on its own every that many seconds.
 """
 
@@ -20,22 +23,18 @@ import time
 from collections.abc import Hashable
 
 from blockllm.models.kv_cache import KVLayout
-from blockllm.runtime.devices import is_tied, place_keys
+from blockllm.runtime.devices import base_key, is_tied, place_keys, replica_index, replica_key
 from blockllm.runtime.residency import OverBudget
 
 
-def _entries(engine) -> dict[Hashable, tuple]:
-    """key -> (chain entry, model) of every block the engine may run."""
-    return {engine.key(m, e): (e, m) for m in engine.models for e in engine._all_entries(m)}
-
-
 def _group(engine, key: Hashable) -> list[Hashable]:
-    """The keys that move together: an embedding with the tied heads that read it."""
-    group = {key}
+    """The keys that move together: an embedding's replica with the replicas of the tied
+    heads that read it (replica i of a tied head sits beside replica i of its embedding)."""
+    group, i = {key}, replica_index(key)
     for m, chain in engine.chains.items():
         embed, head = engine.key(m, chain[0]), engine.key(m, chain[-1])
-        if is_tied(head) and key in (embed, head):
-            group |= {embed, head}
+        if is_tied(head) and base_key(key) in (embed, head):
+            group |= {replica_key(embed, i), replica_key(head, i)}
     return sorted(group, key=str)
 
 
@@ -47,10 +46,9 @@ def move(engine, key: Hashable, dst: int) -> bool:
     running = {b.key for b in engine.inflight.values()}
     if any(k in running for k in group):
         return False
-    entries = _entries(engine)
     try:
         for k in group:
-            _move_one(engine, k, dst, entries[k])
+            _move_one(engine, k, dst, engine.entry_of[k])
     except OverBudget:
         return False
     return True
@@ -85,13 +83,26 @@ def _move_one(engine, key: Hashable, dst: int, entry_model: tuple) -> None:
     engine.counters["moves"] += 1
 
 
+def _targets(engine, key: Hashable, devs: tuple[int, ...]) -> dict[Hashable, int]:
+    """Moves that take `key`'s replicas to the devices `devs` of a new plan: a replica already
+    on one of them stays; the others take the rest in order (the count of replicas stays as at
+    start, so every request's route stays valid)."""
+    reps = engine.replicas[key]
+    free = [d for d in devs if d not in {engine.where[r] for r in reps}]
+    out = {}
+    for r in reps:
+        if engine.where[r] not in devs and free:
+            out[r] = free.pop(0)
+    return out
+
+
 def replan(engine) -> tuple[int, int]:
     """Place again by the load since the last plan; (blocks moved, blocks left for later)."""
     rates = {m: 1.0 + engine.served.get(m, 0) for m in engine.models}
     moved = deferred = 0
-    for key, d in place_keys(engine, rates).items():
-        if engine.where.get(key) != d:
-            if move(engine, key, d):
+    for key, devs in place_keys(engine, rates).items():
+        for r, d in _targets(engine, key, devs).items():
+            if move(engine, r, d):
                 moved += 1
             else:
                 deferred += 1

@@ -144,7 +144,23 @@ def locality_aware(w: Workload, c: Cluster, target_util: float = 0.7,
             free[d] -= w.sizes[b]
             util[d] += w.demand.get(b, 0.0) / c.devices[d].speed
             acc += w.demand.get(b, 0.0)
-    for b, n in replicas_needed(w, len(c.devices), target_util).items():
+    return add_replicas(placed, w, c, replicas_needed(w, len(c.devices), target_util), util)
+
+
+def add_replicas(placed: Placement, w: Workload, c: Cluster, wanted: Mapping[str, int],
+                 util: list[float] | None = None) -> Placement:
+    """`placed` with more replicas: block b gets up to wanted[b] in all (one per device), each
+    on the least busy device with room that has none yet. `util`: each device's busy fraction
+    (default: from `placed`, each block's demand on each of its replicas)."""
+    placed = dict(placed)
+    free = [d.memory - u for d, u in zip(c.devices, memory_used(placed, w.sizes, len(c.devices)),
+                                         strict=True)]
+    if util is None:
+        util = [0.0] * len(c.devices)
+        for b, hosts in placed.items():
+            for d in hosts:
+                util[d] += w.demand.get(b, 0.0) / len(hosts) / c.devices[d].speed
+    for b, n in wanted.items():
         share = w.demand.get(b, 0.0) / n
         while len(placed[b]) < n:
             room = [i for i in range(len(c.devices)) if i not in placed[b]

@@ -17,6 +17,7 @@ from blockllm.runtime.faults import maybe_inject_fault
 from blockllm.runtime.hosts import BatchCall
 from blockllm.runtime.request import Request, State
 from blockllm.runtime.residency import OverBudget
+from blockllm.runtime.routing import route_request
 from blockllm.zoo.store import CorruptBlock
 
 
@@ -27,6 +28,7 @@ def admit(engine) -> None:
     empty pools fails."""
     while engine.waiting:
         req: Request = engine.waiting[0]
+        route_request(engine, req)  # its replica of each block, for its KV's life
         keys, n = req.decoder_keys, len(req.feed)
         ok = engine.kv.reserve(req.id, keys, n) if engine.cfg.coordinate_kv else \
             engine.kv.fits(req.id, keys[:1], n)

@@ -1,0 +1,149 @@
+"""Replicas of shared blocks in the real engine, and KV-affine routing: requests spread over
+the replicas, each request keeps the replicas that hold its KV for its whole life, and the
+greedy tokens equal one device's."""
+
+import random
+
+import pytest
+
+from blockllm.runtime.config import EngineConfig
+from blockllm.runtime.devices import base_key, is_tied, replica_index, replica_key
+from blockllm.runtime.engine import Engine
+from blockllm.runtime.moves import move
+from blockllm.runtime.placement import Workload, add_replicas, cluster_of
+from blockllm.runtime.request import State
+from tests.conftest import ENGINE_N as N
+from tests.conftest import ENGINE_PROMPTS as PROMPTS
+
+
+def _serve(eng, zoo, on_step=None):
+    reqs = [(m, i, eng.submit(m, p, max_tokens=N, stop_ids=frozenset()))
+            for i, p in enumerate(PROMPTS) for m in zoo.models()]
+    routes: dict[int, tuple] = {}  # request id -> its keys when first seen running
+    used: set = set()  # keys that ran a batch
+    steps = 0
+    while eng.has_work():
+        eng.step()
+        steps += 1
+        assert steps < 20000, "no progress"
+        used |= set(eng.last_batch)
+        for r in eng.running.values():
+            assert routes.setdefault(r.id, r.keys) == r.keys, "a route changed while KV is held"
+            held = {k for k, t in eng.kv.tables.items() if t.length(r.id)}
+            assert held <= set(r.decoder_keys), "KV only in the request's own replicas"
+        if on_step:
+            on_step()
+    return reqs, routes, used
+
+
+def _check_tokens(eng, reqs, ref):
+    for m, i, r in reqs:
+        assert r.state is State.FINISHED and r.finish_reason == "length", (m, i)
+        assert r.output == ref[m][i], (m, i)
+    assert all(t.free_pages == t.num_pages for t in eng.kv.tables.values()), "no KV leaks"
+
+
+@pytest.mark.parametrize("n,replicas,placement", [(2, 2, "locality"), (3, 3, "round_robin")])
+def test_replicas_spread_requests_and_keep_the_single_device_tokens(zoo4, n, replicas, placement):
+    zoo, ref = zoo4
+    eng = Engine(zoo, zoo.models(), EngineConfig(devices=n, replicas=replicas,
+                                                 placement=placement))
+    try:
+        shared = {k for k, reps in eng.replicas.items() if len(reps) > 1}
+        assert shared, "blocks shared by several models get replicas"
+        for k in shared:
+            devs = [eng.where[r] for r in eng.replicas[k]]
+            assert len(devs) == len(set(devs)) == replicas, "one replica per device"
+        reqs, routes, used = _serve(eng, zoo)
+        _check_tokens(eng, reqs, ref)
+        spread = [k for k in shared if sum(r in used for r in eng.replicas[k]) > 1]
+        assert spread, "requests of one shared block ran on more than one of its replicas"
+        for r in (r for _, _, r in reqs):
+            keys = routes[r.id]
+            if is_tied(keys[-1]):
+                assert eng.where[keys[-1]] == eng.where[keys[0]], "tied head by its embedding"
+    finally:
+        eng.close()
+
+
+def test_replicas_survive_random_moves(zoo4):
+    """Replicas move like blocks (weights and KV pool); routes stay valid."""
+    zoo, ref = zoo4
+    eng = Engine(zoo, zoo.models(), EngineConfig(devices=3, replicas=2))
+    rng = random.Random(1)
+    try:
+        reqs, _, _ = _serve(eng, zoo, lambda: move(eng, rng.choice(sorted(eng.where, key=str)),
+                                                   rng.randrange(3)))
+        _check_tokens(eng, reqs, ref)
+        assert eng.counters["moves"] > 20 and eng.counters["preemptions"] == 0
+        for k in eng.where:  # a tied head's replica i still sits beside its embedding's
+            if is_tied(k):
+                embed = replica_key(base_key(k)[2], replica_index(k))
+                assert eng.where[embed] == eng.where[k], k
+    finally:
+        eng.close()
+
+
+def test_ray_replicas_give_the_single_process_tokens(zoo4):
+    pytest.importorskip("ray")
+    zoo, ref = zoo4
+    eng = Engine(zoo, zoo.models(), EngineConfig(devices=2, replicas=2, backend="ray"))
+    try:
+        reqs, _, used = _serve(eng, zoo)
+        _check_tokens(eng, reqs, ref)
+        assert {eng.where[k] for k in used} == {0, 1}
+    finally:
+        eng.close()
+
+
+def test_one_replica_is_the_default_and_keys_are_unchanged(zoo4):
+    zoo, _ = zoo4
+    eng = Engine(zoo, zoo.models(), EngineConfig(devices=2))
+    try:
+        assert all(len(r) == 1 and r[0] == k for k, r in eng.replicas.items())
+    finally:
+        eng.close()
+
+
+def test_add_replicas_goes_to_the_least_busy_devices_with_room():
+    w = Workload(sizes={"a": 10, "b": 10, "c": 10}, demand={"a": 2.0, "b": 0.5, "c": 0.1},
+                 transitions={}, hop_bytes=1.0)
+    c = cluster_of((2, 2), memory=20)
+    placed = {"a": (0,), "b": (1,), "c": (2,)}
+    out = add_replicas(placed, w, c, {"a": 3, "c": 1})
+    assert placed == {"a": (0,), "b": (1,), "c": (2,)}, "input unchanged"
+    assert out["a"] == (0, 3, 2), "idle 3 first, then 2 (0.1 busy) over 1 (0.5)"
+    assert out["b"] == (1,) and out["c"] == (2,)
+    full = add_replicas(placed, w, cluster_of((2, 2), memory=10), {"a": 4})
+    assert full["a"] == (0, 3), "only device 3 has room: fewer replicas than wished"
+
+
+@pytest.fixture(scope="module")
+def tied_zoo(tmp_path_factory):
+    """Two tied models sharing embedding and head: the tied head has replicas too."""
+    from blockllm.zoo.ingest import add_source, chain_model
+    from blockllm.zoo.store import Zoo
+    from tests.conftest import tiny_source
+    from tests.test_zoo import partial_finetune
+    zoo = Zoo(tmp_path_factory.mktemp("tied") / "zoo")
+    base = tiny_source(seed=9, tie_word_embeddings=True)
+    add_source(zoo, base, "tbase")
+    add_source(zoo, partial_finetune(base, 1, seed=4), "tft")
+    ref = {m: [chain_model(zoo, m).generate([p], N, stop_ids=())[0] for p in PROMPTS]
+           for m in zoo.models()}
+    return zoo, ref
+
+
+@pytest.mark.parametrize("n,placement", [(2, "locality"), (2, "round_robin"), (3, "locality")])
+def test_tied_heads_run_beside_the_request_s_embedding_replica(tied_zoo, n, placement):
+    zoo, ref = tied_zoo
+    eng = Engine(zoo, zoo.models(), EngineConfig(devices=n, replicas=2, placement=placement))
+    try:
+        head = eng.key("tbase", eng.chains["tbase"][-1])
+        assert is_tied(head) and len(eng.replicas[head]) == 2
+        reqs, routes, used = _serve(eng, zoo)
+        _check_tokens(eng, reqs, ref)
+        for keys in routes.values():
+            assert eng.where[keys[-1]] == eng.where[keys[0]]
+    finally:
+        eng.close()
