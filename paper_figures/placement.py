@@ -1,5 +1,5 @@
-"""Experiment 7 figure: cross-device transfers and p95 latency per placement, per cluster
-(simulated; A100 roofline latencies).
+"""Experiment 7 figure: hops over the network, link time and p95 latency per placement, per
+cluster (rows) and cost of a hop between servers (x) (simulated; A100 roofline latencies).
 
     python -m paper_figures.placement [results/runs] [paper_figures/out]
 """
@@ -22,13 +22,23 @@ def draw(results: Path, out_dir: Path) -> list[Path]:
     [path] = largest_scale(results, "placement", "json")
     df = pd.DataFrame(json.loads(path.read_text())["rows"])
     sns.set_theme(style="whitegrid")
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for ax, (y, label) in zip(axes, [("transfers_per_request", "cross-device hops per request"),
-                                     ("transfer_ms_per_request", "link time per request (ms)"),
-                                     ("e2e_p95", "p95 end-to-end latency (s)")]):
-        sns.barplot(df, x="cluster", y=y, hue="placement", ax=ax)
-        ax.set(xlabel="", ylabel=label)
-    axes[0].set_title("Placement (simulated, A100 roofline latencies)")
+    df = df[df.placement != "selected"]  # drawn as the candidate it picked (see the JSON)
+    clusters = list(dict.fromkeys(df.cluster))
+    metrics = [("network_hops_per_request", "hops between servers per request"),
+               ("transfer_ms_per_request", "link time per request (ms)"),
+               ("e2e_p95", "p95 end-to-end latency (s)")]
+    fig, axes = plt.subplots(len(clusters), 3, figsize=(15, 3.8 * len(clusters)), squeeze=False)
+    for row, cluster in zip(axes, clusters, strict=True):
+        part = df[df.cluster == cluster]
+        for ax, (y, label) in zip(row, metrics, strict=True):
+            sns.barplot(part, x="inter_hop_us", y=y, hue="placement", ax=ax)
+            ax.set(xlabel="cost of a hop between servers (us)", ylabel=label)
+            ax.set_title(f"{cluster}: {label}", fontsize=10)
+            if ax is row[0]:
+                ax.legend(loc="upper left", fontsize=8, title="placement", title_fontsize=8)
+            else:
+                ax.get_legend().remove()
+    fig.suptitle("Placement (simulated, A100 roofline latencies)")
     fig.tight_layout()
     return save(fig, out_dir, "placement")
 

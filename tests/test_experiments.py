@@ -107,15 +107,20 @@ def test_every_config_has_a_toy_scale_and_every_figure_draws(toy_results, tmp_pa
     assert "skipped variants" in res.output  # said, not silently missing
 
 
-def test_placement_toy_compares_three_placements_and_the_selected_one_on_one_trace(toy_results):
+def test_placement_toy_compares_the_candidates_and_the_selected_one_per_hop_cost(toy_results):
     _, paths = toy_results
     rows = json.loads(paths["placement"][0].read_text())["rows"]
-    by = {r["placement"]: r for r in rows}
-    assert set(by) == {"locality", "round_robin", "random", "selected"}
     assert len({r["requests"] for r in rows}) == 1
-    assert by["locality"]["transfers_per_request"] < by["round_robin"]["transfers_per_request"]
-    chosen = by[by["selected"]["chosen"]]  # the selection is one of the candidates, unchanged
-    assert chosen["e2e_p95"] == by["selected"]["e2e_p95"]
+    costs = {r["inter_hop_us"] for r in rows}
+    assert costs == {100, 1000}
+    for cost in costs:
+        by = {r["placement"]: r for r in rows if r["inter_hop_us"] == cost}
+        assert set(by) == {"locality", "locality-0.4", "round_robin", "random", "selected"}
+        for loc in ("locality", "locality-0.4"):
+            assert by[loc]["network_hops_per_request"] < \
+                by["round_robin"]["network_hops_per_request"]
+        chosen = by[by["selected"]["chosen"]]  # the selection is one of the candidates
+        assert chosen["e2e_p95"] == by["selected"]["e2e_p95"]
 
 
 def test_sim_validation_toy_compares_simulated_and_real_quantiles(toy_results):

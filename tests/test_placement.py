@@ -137,3 +137,28 @@ def test_simulated_locality_moves_less_data():
         assert len(r.e2e) == 120 and len(e2e) == 120
     assert out["locality"][0] < out["round_robin"][0]
     assert out["locality"][1] < out["round_robin"][1]
+
+
+@pytest.mark.parametrize("block_s,interleaved", [(0.0002, True), (1e-6, False)])
+def test_a_server_interleaves_its_blocks_when_a_hop_costs_less_than_a_pass(block_s, interleaved):
+    """Blocks whose pass costs more than a hop between the server's GPUs go round-robin over
+    them in chain order (waves pipeline); cheaper ones stay in contiguous spans (fewer hops)."""
+    chains, w = _workload(n_models=1, layers=8, block_s=block_s)
+    c = cluster_of((4,), memory=1 << 30)
+    place = locality_aware(w, c)
+    devs = [place[b][0] for b in chains["m0"]]
+    if interleaved:
+        assert devs == [i % 4 for i in range(len(devs))], devs
+    else:
+        assert devs == sorted(devs) and len(set(devs)) == 4, devs  # spans, in order
+
+
+def test_network_hops_count_only_hops_between_servers():
+    c = cluster_of((2, 1), memory=1 << 30)
+    chains = {"m": ["a", "b", "c"]}
+    place = {"a": (0,), "b": (1,), "c": (2,)}  # a->b inside server 0, b->c across
+    r = simulate([SimRequest(0, "m", 0.0, 4, 2)], chains, {b: FLAT for b in "abc"}, place, c,
+                 hop_bytes_per_token=100)
+    # two tokens: a->b, b->c; then c->a (the second pass starts at the embedding), a->b, b->c
+    assert r.transfers == 5
+    assert r.network_hops == 3  # b->c twice and c->a; a->b stays inside server 0

@@ -4,9 +4,10 @@ Pure, deterministic functions over sizes, loads and a link-bandwidth model, in t
 Petals' block selection: the engine, the Ray backend and the cluster simulator all call these,
 so what is measured in simulation is what runs.
 
-Locality-aware placement (`locality_aware`) keeps each chain on as few servers as capacity
-allows and cuts a server's blocks into contiguous, load-balanced spans over its GPUs (pipeline
-stages); hot blocks get more replicas (`replicas_needed`). Round-robin and random placement
+Locality-aware placement (`locality_aware`) keeps each chain on as few servers as balance
+allows and lays a server's blocks over its GPUs (round-robin in chain order, or contiguous
+spans where a hop costs more than a block); hot blocks get more replicas (`replicas_needed`,
+`add_replicas`). Round-robin and random placement
 are the ablation baselines. `route` sends a pass to the replica holding the request's KV, else
 the nearest; `migration` moves between placements without dropping a request.
 """
@@ -96,11 +97,15 @@ def locality_aware(w: Workload, c: Cluster, target_util: float = 0.7,
     chain order goes to the server of its predecessor while that server has memory and its
     share of the load left (its compute's share of the total, plus `slack`), so a chain
     crosses the slow network as rarely as balance allows, else to the server with the most
-    share left. (2) GPUs of a server: the server's blocks, in the order
-    they were assigned, are cut into contiguous spans of about equal load, one per GPU, so a
-    pass hops between GPUs only at span ends (over the fast link) and consecutive stages
-    pipeline. (3) Blocks busier than `target_util` of a device get extra replicas on the
-    least-loaded other devices with room."""
+    share left. (2) GPUs of a server, the server's blocks in the order they were assigned:
+    when a hop between its GPUs costs less than a block's pass (on average), consecutive
+    blocks go to consecutive GPUs, round-robin, so the waves of concurrent requests pipeline
+    over all of the server's GPUs; otherwise they are cut into contiguous spans of about
+    equal load, one per GPU, so a pass hops only at span ends. (Measured on the paper's
+    cluster, simulated with 7B blocks: spans gave p95 17% above round-robin placement,
+    interleaving within 6% with 2.3x less link time; experiment `placement`.) (3) Blocks
+    busier than `target_util` of a device get extra replicas on the least-loaded other
+    devices with room."""
     servers = sorted({d.server for d in c.devices})
     gpus = {s: [i for i, d in enumerate(c.devices) if d.server == s] for s in servers}
     mem = {s: sum(c.devices[i].memory for i in gpus[s]) for s in servers}
@@ -129,21 +134,16 @@ def locality_aware(w: Workload, c: Cluster, target_util: float = 0.7,
     placed: Placement = {}
     free = [d.memory for d in c.devices]
     util = [0.0] * len(c.devices)
+    pass_s = _pass_seconds(w)
     for s in servers:
-        total = sum(w.demand.get(b, 0.0) for b in order[s]) or 1.0
-        k, acc, ids = 0, 0.0, gpus[s]
-        for b in order[s]:
-            per_gpu = total / len(ids)
-            while k < len(ids) - 1 and (acc >= per_gpu * (k + 1) or free[ids[k]] < w.sizes[b]):
-                k += 1
-            d = ids[k] if free[ids[k]] >= w.sizes[b] else \
-                max(ids, key=lambda i: (free[i], -i))
-            if free[d] < w.sizes[b]:
-                raise PlacementError(f"block {b[:12]} fits no GPU of server {s}")
+        ids, blocks = gpus[s], order[s]
+        if not blocks:
+            continue
+        hop = c.transfer_s(ids[0], ids[-1], w.hop_bytes)  # 0.0 with one GPU
+        spread = sum(pass_s.get(b, 0.0) for b in blocks) / len(blocks) > hop
+        for b, d in (_interleave if spread else _spans)(blocks, ids, w, free).items():
             placed[b] = (d,)
-            free[d] -= w.sizes[b]
             util[d] += w.demand.get(b, 0.0) / c.devices[d].speed
-            acc += w.demand.get(b, 0.0)
     return add_replicas(placed, w, c, replicas_needed(w, len(c.devices), target_util), util)
 
 
@@ -172,6 +172,44 @@ def add_replicas(placed: Placement, w: Workload, c: Cluster, wanted: Mapping[str
             free[d] -= w.sizes[b]
             util[d] += share / c.devices[d].speed
     return placed
+
+
+def _pass_seconds(w: Workload) -> dict[str, float]:
+    """Each block's busy seconds per pass through it (its demand over its passes per second)."""
+    passes: dict[str, float] = {}
+    for m, chain in w.chains.items():
+        for b in chain:
+            passes[b] = passes.get(b, 0.0) + w.chain_rates.get(m, 0.0)
+    return {b: w.demand.get(b, 0.0) / n for b, n in passes.items() if n > 0}
+
+
+def _spans(blocks: list[str], ids: list[int], w: Workload, free: list[int]) -> dict[str, int]:
+    """Contiguous spans of about equal load, one per GPU of `ids` (updates `free`)."""
+    total = sum(w.demand.get(b, 0.0) for b in blocks) or 1.0
+    out, k, acc = {}, 0, 0.0
+    for b in blocks:
+        while k < len(ids) - 1 and (acc >= total / len(ids) * (k + 1) or
+                                    free[ids[k]] < w.sizes[b]):
+            k += 1
+        out[b] = _take(ids[k], ids, b, w, free)
+        acc += w.demand.get(b, 0.0)
+    return out
+
+
+def _interleave(blocks: list[str], ids: list[int], w: Workload,
+                free: list[int]) -> dict[str, int]:
+    """Block j to GPU j mod len(ids) (updates `free`)."""
+    return {b: _take(ids[j % len(ids)], ids, b, w, free) for j, b in enumerate(blocks)}
+
+
+def _take(d: int, ids: list[int], b: str, w: Workload, free: list[int]) -> int:
+    """GPU `d` for block b if it has room, else the server's GPU with the most room."""
+    if free[d] < w.sizes[b]:
+        d = max(ids, key=lambda i: (free[i], -i))
+        if free[d] < w.sizes[b]:
+            raise PlacementError(f"block {b[:12]} fits no GPU of its server (GPU {d})")
+    free[d] -= w.sizes[b]
+    return d
 
 
 def _chains_by_rate(w: Workload) -> list[tuple[str, ...]]:

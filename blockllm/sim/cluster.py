@@ -64,6 +64,7 @@ class _State:
     done_tokens: int = 0
     first_token: float | None = None
     transfers: int = 0
+    network_hops: int = 0
     transfer_s: float = 0.0
 
 
@@ -71,12 +72,13 @@ class _State:
 class SimResult:
     ttft: dict[int, float]
     e2e: dict[int, float]
-    transfers: int
+    transfers: int  # hops between devices
     transfer_s: float
     busy_s: list[float]  # per device
     makespan: float
     block_busy_s: dict[str, float] = field(default_factory=dict)  # per block: its load history
     calls: int = 0  # block calls (batches) run: the engine's `steps`
+    network_hops: int = 0  # hops between servers (the slow network), among `transfers`
 
 
 def simulate(requests: Sequence[SimRequest], chains: Mapping[str, list[str]],
@@ -115,6 +117,7 @@ def simulate(requests: Sequence[SimRequest], chains: Mapping[str, list[str]],
         if st.device is not None and st.device != d:
             delay = cluster.transfer_s(st.device, d, hop_bytes_per_token * st.pass_tokens)
             st.transfers += 1
+            st.network_hops += cluster.devices[st.device].server != cluster.devices[d].server
             st.transfer_s += delay
         push(t + delay, "arrive", (d, st))
 
@@ -168,6 +171,7 @@ def simulate(requests: Sequence[SimRequest], chains: Mapping[str, list[str]],
                 if st.done_tokens >= st.req.max_tokens:
                     res.e2e[st.req.i] = t - st.req.t
                     res.transfers += st.transfers
+                    res.network_hops += st.network_hops
                     res.transfer_s += st.transfer_s
                     res.makespan = max(res.makespan, t)
                 else:

@@ -11,6 +11,12 @@ placement's input, is history: each block's busy time in a first run of a histor
 7) under round-robin placement. "selected" is the placement chosen by `placement.select` from
 replaying that history on each candidate: the least data moved among those within 5% of the
 best p95. Every placement is then measured on a new trace (seed 8) from the same workload.
+
+Candidates: round-robin, random, locality-aware with the default balance slack (each server
+takes up to 110% of its compute's share of the load) and with a looser one (140%: more of
+each chain stays on one server). The whole comparison runs at two costs of a hop between
+servers (`Scale.hop_costs`: 100 us, an RDMA-class RPC, and 1 ms, an RPC through a
+general-purpose stack such as Ray's object store), since which placement wins depends on it.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +33,9 @@ from tqdm import tqdm
 from blockllm.loaders.dummy import preset_config
 from blockllm.runtime.placement import (
     PAPER_CLUSTER,
-    PLACEMENTS,
     cluster_of,
+    locality_aware,
+    random_placement,
     round_robin,
     select,
     workload_from_chains,
@@ -44,7 +52,11 @@ class Scale:
     rate: float  # requests/s on the 12-GPU cluster (scaled with the cluster)
     prompt_tokens: tuple[int, int]
     max_tokens: tuple[int, int]
+    hop_costs: tuple[float, ...] = (100e-6, 1e-3)  # seconds per hop between servers
 
+
+CANDIDATES = {"locality": locality_aware, "locality-0.4": partial(locality_aware, slack=0.4),
+              "round_robin": round_robin, "random": random_placement}
 
 SCALES = {
     "toy": Scale((("paper-12xA100", PAPER_CLUSTER),), 4, 40, 20.0, (16, 64), (2, 4)),
@@ -88,7 +100,7 @@ def _trace(s: Scale, factor: float, chains: dict, seed: int) -> list[SimRequest]
             for i in range(cfg.n_requests)]
 
 
-def _cluster_run(s: Scale, shape: tuple[int, ...]):
+def _cluster_run(s: Scale, shape: tuple[int, ...], inter_hop_s: float = 100e-6):
     """Models, the history trace and the workload derived from it, and the evaluation trace,
     for one cluster (scaled with its GPU count); shared by every placement compared on it."""
     factor = sum(shape) / 12
@@ -99,7 +111,7 @@ def _cluster_run(s: Scale, shape: tuple[int, ...]):
     for r in reqs:
         tokens[r.model] += r.max_tokens
     rates = {m: tokens[m] / span for m in chains}  # passes per second
-    cluster = cluster_of(shape)
+    cluster = cluster_of(shape, inter_hop_s=inter_hop_s)
     # per-block load from history: busy time in a first run of the trace under round-robin
     passes = workload_from_chains(chains, rates, sizes, dict.fromkeys(sizes, 1.0), hop).demand
     guess = workload_from_chains(chains, rates, sizes,
@@ -114,9 +126,10 @@ def _cluster_run(s: Scale, shape: tuple[int, ...]):
 def run(scale: str, out: Path, zoo=None, models=None) -> list[Path]:
     s = SCALES[scale]
     rows = []
-    for name, shape in tqdm(s.clusters, desc=f"placement[{scale}]"):
-        chains, curves, hop, history, w, cluster, reqs = _cluster_run(s, shape)
-        places = {pname: fn(w, cluster) for pname, fn in PLACEMENTS.items()}
+    runs = [(name, shape, h) for name, shape in s.clusters for h in s.hop_costs]
+    for name, shape, hop_s in tqdm(runs, desc=f"placement[{scale}]"):
+        chains, curves, hop, history, w, cluster, reqs = _cluster_run(s, shape, hop_s)
+        places = {pname: fn(w, cluster) for pname, fn in CANDIDATES.items()}
         scores = {}
         for pname, place in places.items():  # history replayed on each candidate
             h = simulate(history, chains, curves, place, cluster, hop)
@@ -127,6 +140,8 @@ def run(scale: str, out: Path, zoo=None, models=None) -> list[Path]:
             r = simulate(reqs, chains, curves, place, cluster, hop)
             e2e, ttft = np.array(list(r.e2e.values())), np.array(list(r.ttft.values()))
             rows.append({"cluster": name, "gpus": len(cluster.devices), "placement": pname,
+                         "inter_hop_us": round(hop_s * 1e6),
+                         "network_hops_per_request": r.network_hops / len(reqs),
                          "chosen": chosen if pname == "selected" else None,
                          "models": len(chains), "requests": len(reqs),
                          "replicas": sum(len(v) for v in place.values()), "blocks": len(place),
