@@ -10,7 +10,7 @@ class EngineConfig:
     device: str = "cpu"  # cpu | cuda | cuda:N
     dtype: str = "float32"  # float32 | bfloat16 | float16: compute and KV dtype
     memory_budget: int = 4 << 30  # bytes of block weights resident on the device at once
-    kv_budget: int = 512 << 20  # bytes of KV cache, split evenly over the decoder blocks' pools
+    kv_budget: int = 512 << 20  # bytes of KV cache over all decoder blocks (every layer) and devices
     page_size: int = 16  # tokens per KV page
     share_blocks: bool = True  # False (ablation): every model runs its own copy of each block
     coordinate_kv: bool = True  # False (ablation): reserve KV block by block, not chain-wide

@@ -60,11 +60,10 @@ class Engine:
         self.options = load_options(self) if config.use_equivalence else {}
         self.hosts = make_hosts(zoo, config)
         key_layout(self, place_keys(self))  # replicas, where (key -> device), entry_of
-        dec_keys = [k for k, (e, _) in self.entry_of.items()
-                    if self.info[e.block].kind == "decoder"]
-        self.kv = KVManager.split(dec_keys, config.kv_budget,
-                                  self._page_bytes(next(iter(self.models.values()))),
-                                  config.page_size)
+        self.kv = KVManager.split({k: self._page_bytes(self.models[m], self.info[e.block])
+                                   for k, (e, m) in self.entry_of.items()
+                                   if self.info[e.block].kind == "decoder"},
+                                  config.kv_budget, config.page_size)
         self.memory = [Residency(config.memory_budget) for _ in self.hosts]  # per device
         self.served: dict[str, float] = {}  # requests per model, decayed at each placement
         self.last_plan = time.perf_counter()
@@ -120,9 +119,10 @@ class Engine:
             seen += [e for e in chain if e not in seen]
         return seen
 
-    def _page_bytes(self, cfg) -> int:
+    def _page_bytes(self, cfg, row) -> int:
+        """Bytes of one KV page of a decoder block (K and V of all its layers)."""
         return 2 * self.cfg.page_size * cfg.num_key_value_heads * cfg.head_dim * \
-            torch.empty((), dtype=self.dtype).element_size()
+            row.signature["n_layers"] * torch.empty((), dtype=self.dtype).element_size()
 
     def _register(self, chain) -> None:
         for e in chain:

@@ -21,11 +21,12 @@ class KVManager:
         self.tables = {k: PageTable(n, page_size) for k, n in pages.items()}
 
     @classmethod
-    def split(cls, keys: Sequence[Hashable], budget: int, page_bytes: int,
-              page_size: int) -> KVManager:
-        """`budget` bytes of KV split evenly over the pools of `keys` (a page each at least)."""
-        pages = max(1, budget // max(1, len(keys) * page_bytes))
-        return cls({k: pages for k in keys}, page_size)
+    def split(cls, page_bytes: dict[Hashable, int], budget: int, page_size: int) -> KVManager:
+        """`budget` bytes of KV over the pools of the keys of `page_bytes` (bytes of one page
+        of each block: all its layers): the same number of pages in each (a request holds
+        the same tokens in every block of its chain), at least one."""
+        pages = max(1, budget // max(1, sum(page_bytes.values())))
+        return cls(dict.fromkeys(page_bytes, pages), page_size)
 
     def fits(self, req: int, keys: Sequence[Hashable], n_tokens: int) -> bool:
         return all(self.tables[k].can_append(req, n_tokens) for k in keys)
