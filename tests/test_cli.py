@@ -60,6 +60,9 @@ def test_user_errors_are_one_line_without_traceback(zoo, tmp_path):
     assert_user_error(run("generate", "t", "x" * 1100, "--max-tokens", "10", "--zoo", zoo,
                           check=False), "context length")
     assert_user_error(run("zoo", "show", "ghost", "--zoo", zoo, check=False), "ghost")
+    for servers, says in [("a,b", "devices per server"), ("1,2", "add up to devices")]:
+        assert_user_error(run("serve", "--models", "t", "--devices", "2", "--servers", servers,
+                              "--zoo", zoo, check=False), says)
     # corrupt a block: verify exits 1 naming it, generate refuses with a one-line error
     from blockllm.zoo.store import Zoo
     z = Zoo(zoo)

@@ -56,12 +56,29 @@ def test_locality_keeps_a_chain_on_fewer_hops_than_round_robin(zoo4):
     assert hops["locality"] < hops["round_robin"], hops
 
 
+def test_servers_keep_each_chain_inside_one_server_where_balance_allows(zoo4):
+    """`servers=(2, 2)`: 4 devices in two fast-link domains. Locality placement crosses
+    between them less than round-robin does, and the tokens stay the reference's."""
+    zoo, ref = zoo4
+    cross = {}
+    for placement in ("locality", "round_robin"):
+        eng = _check(zoo, ref, EngineConfig(devices=4, servers=(2, 2), placement=placement))
+        eng.close()
+        server = [d.server for d in eng.cluster.devices]
+        assert server == [0, 0, 1, 1]
+        cross[placement] = sum(server[eng.where[eng.key(m, a)]] != server[eng.where[eng.key(m, b)]]
+                               for m, ch in eng.chains.items() for a, b in zip(ch, ch[1:]))
+    assert cross["locality"] < cross["round_robin"], cross
+
+
 def test_bad_device_settings_are_named(zoo4):
     zoo, _ = zoo4
     with pytest.raises(ValueError, match="devices"):
         EngineConfig(devices=0)
     with pytest.raises(ValueError, match="backend"):
         EngineConfig(backend="mpi")
+    with pytest.raises(ValueError, match="add up to devices"):
+        EngineConfig(devices=4, servers=(2, 1))
     with pytest.raises(UserError, match="devices 2"):
         Engine(zoo, zoo.models(), EngineConfig(devices=2, device="cuda:1"))
 
@@ -80,6 +97,7 @@ def test_ray_actors_give_the_single_process_tokens(zoo4, ray_session, n, placeme
     try:
         pids = ray_session.get([h.actor.pid.remote() for h in eng.hosts])
         assert len(set(pids)) == n, "one actor process per device"
+        assert {d.server for d in eng.cluster.devices} == {0}, "one Ray node: one server"
     finally:
         eng.close()
 

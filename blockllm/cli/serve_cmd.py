@@ -23,6 +23,9 @@ from blockllm.cli.format import parse_bytes
 @click.option("--placement", default="locality", show_default=True,
               type=click.Choice(["locality", "round_robin", "random"]),
               help="How blocks are placed on the devices.")
+@click.option("--servers", default=None, metavar="N,N,...",
+              help="Devices per server (fast-link domain) in device order, e.g. 4,4: placement "
+                   "keeps chains inside one. Default: Ray's nodes, or one server.")
 @click.option("--replicas", default=1, show_default=True, type=click.IntRange(1),
               help="With --devices > 1: copies of each block several served models share, on "
                    "different devices; a request keeps one replica per block (its KV's home).")
@@ -57,7 +60,7 @@ from blockllm.cli.format import parse_bytes
 @click.option("--max-body", default="1MiB", show_default=True, help="Largest request body.")
 @user_errors
 def serve(zoo_dir, models, memory_budget, kv_budget, device, devices, backend, placement,
-          replicas, replan_every, ray_address, dtype, host, port, no_sharing,
+          servers, replicas, replan_every, ray_address, dtype, host, port, no_sharing,
           no_kv_coordination, speculate, batch_tokens, equivalence, baseline, api_key, max_waiting,
           request_timeout, max_body):
     """Serve zoo models over HTTP (OpenAI API: /v1/completions, /v1/chat/completions)."""
@@ -78,6 +81,7 @@ def serve(zoo_dir, models, memory_budget, kv_budget, device, devices, backend, p
                            speculate=speculate,
                            devices=devices, backend=backend, placement=placement,
                            replicas=replicas, replan_s=replan_every,
+                           servers=_servers(servers),
                            ray_address=ray_address)
         if baseline == "per-model":
             from baselines.per_model import per_model_config
@@ -98,3 +102,13 @@ def serve(zoo_dir, models, memory_budget, kv_budget, device, devices, backend, p
                           request_timeout_s=request_timeout)
     uvicorn.run(create_app(aengine, tokenizers, server), host=host, port=port,
                 log_level="warning")
+
+
+def _servers(text: str | None) -> tuple[int, ...] | None:
+    """--servers 4,4 -> (4, 4); a ValueError names the problem (reported as a bad setting)."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"--servers {text!r}: devices per server, e.g. 4,4") from None

@@ -1,4 +1,4 @@
-"""Engine configuration: one frozen dataclass, every field documented, every mechanism switchable."""
+"""Engine configuration: one frozen dataclass, every field documented, every mechanism a switch."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ class EngineConfig:
     device: str = "cpu"  # cpu | cuda | cuda:N
     dtype: str = "float32"  # float32 | bfloat16 | float16: compute and KV dtype
     memory_budget: int = 4 << 30  # bytes of block weights resident on the device at once
-    kv_budget: int = 512 << 20  # bytes of KV cache over all decoder blocks (every layer) and devices
+    kv_budget: int = 512 << 20  # bytes of KV cache: all decoder blocks, layers and devices
     page_size: int = 16  # tokens per KV page
     share_blocks: bool = True  # False (ablation): every model runs its own copy of each block
     coordinate_kv: bool = True  # False (ablation): reserve KV block by block, not chain-wide
@@ -25,6 +25,9 @@ class EngineConfig:
     devices: int = 1  # hosts: cuda:0..N-1 with device=cuda; N hosts sharing one CPU with cpu
     backend: str = "local"  # local: hosts in this process | ray: one Ray actor per device
     placement: str = "locality"  # locality | round_robin | random: blocks onto devices
+    servers: tuple[int, ...] | None = None  # devices per server (a fast-link domain), in
+    #                                         device order; None: from the hosts (Ray: one
+    #                                         server per node; local: one)
     replicas: int = 1  # with several devices: copies of each block that several served
     #                    models share (one per device at most); a request uses one replica of
     #                    each block for its whole life, chosen at admission (runtime.routing)
@@ -52,6 +55,10 @@ class EngineConfig:
             raise ValueError("devices and replicas must be >= 1")
         if self.backend not in ("local", "ray"):
             raise ValueError("backend is local or ray")
+        if self.servers is not None and (sum(self.servers) != self.devices or
+                                         min(self.servers) < 1):
+            raise ValueError(f"servers {self.servers} must be positive and add up to devices "
+                             f"({self.devices})")
         if self.placement not in ("locality", "round_robin", "random"):
             raise ValueError("placement is locality, round_robin or random")
         if self.residency_unit == "model" and self.share_blocks:

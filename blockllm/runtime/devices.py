@@ -20,9 +20,10 @@ from blockllm.errors import UserError
 from blockllm.runtime.config import EngineConfig
 from blockllm.runtime.placement import (
     PLACEMENTS,
+    Cluster,
+    Device,
     PlacementError,
     add_replicas,
-    cluster_of,
     workload_from_chains,
 )
 
@@ -71,6 +72,18 @@ def make_hosts(zoo, cfg: EngineConfig) -> list:
     return [LocalHost(zoo, name, cfg.dtype, i) for i, name in enumerate(names)]
 
 
+def topology(hosts: list, cfg: EngineConfig, memory: int = 0) -> Cluster:
+    """The engine's devices as a cluster for placement and routing: `cfg.servers` (devices
+    per server, in device order) where given, else the hosts' own servers (a Ray actor's node;
+    local hosts share one), numbered in order of first appearance."""
+    if cfg.servers is not None:
+        labels = [s for s, n in enumerate(cfg.servers) for _ in range(n)]
+    else:
+        labels = [h.server for h in hosts]
+    index = {s: i for i, s in enumerate(dict.fromkeys(labels))}
+    return Cluster(tuple(Device(index[s], memory) for s in labels))
+
+
 def place_keys(engine, rates: dict[str, float] | None = None) -> dict[Hashable, tuple[int, ...]]:
     """The devices of the replicas of every block key the engine may run (base keys, first
     replica first). `rates`: requests per model (the popularity of its chains; equal when
@@ -93,7 +106,7 @@ def place_keys(engine, rates: dict[str, float] | None = None) -> dict[Hashable, 
     work = workload_from_chains(chains, rate, sizes,
                                 {b: s / 1e12 for b, s in sizes.items()}, hidden * 4)
     per_device = max(cfg.memory_budget, -(-sum(sizes.values()) // n) * 2)
-    cluster = cluster_of((n,), memory=per_device)  # LRU residency enforces the real budget
+    cluster = topology(engine.hosts, cfg, per_device)  # LRU residency enforces the real budget
     try:
         placed = PLACEMENTS[cfg.placement](work, cluster)
     except PlacementError as e:

@@ -26,7 +26,7 @@ from blockllm.models.sampling import SamplingParams, sample
 from blockllm.runtime.batch_policy import batch_limit
 from blockllm.runtime.chains import assemble_chain, load_options
 from blockllm.runtime.config import EngineConfig
-from blockllm.runtime.devices import is_tied, key_layout, make_hosts, place_keys
+from blockllm.runtime.devices import is_tied, key_layout, make_hosts, place_keys, topology
 from blockllm.runtime.kv_manager import KVManager
 from blockllm.runtime.moves import replan
 from blockllm.runtime.request import Request, State
@@ -59,6 +59,7 @@ class Engine:
             self._register(chain)
         self.options = load_options(self) if config.use_equivalence else {}
         self.hosts = make_hosts(zoo, config)
+        self.cluster = topology(self.hosts, config)  # which devices share a server's links
         key_layout(self, place_keys(self))  # replicas, where (key -> device), entry_of
         self.kv = KVManager.split({k: self._page_bytes(self.models[m], self.info[e.block])
                                    for k, (e, m) in self.entry_of.items()

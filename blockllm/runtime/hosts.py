@@ -44,6 +44,7 @@ class LocalHost:
     def __init__(self, zoo: Zoo | str, device: str, dtype: str, index: int = 0):
         self.zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
         self.index, self.device, self.dtype = index, torch.device(device), getattr(torch, dtype)
+        self.server = "local"  # the machine: every local host shares this process's links
         self.workers: dict[Hashable, BlockWorker] = {}
         self.pools: dict[Hashable, object] = {}  # decoder key -> KVPool (kept across reloads)
         self.adapters: dict[str, LoraAdapter] = {}

@@ -68,12 +68,17 @@ class _DeviceActor:
     def pid(self) -> int:
         return os.getpid()
 
+    def node(self) -> str:
+        """The Ray node this actor runs on: devices on one node share its fast links."""
+        import ray
+        return ray.get_runtime_context().get_node_id()
+
 
 class RayHost:
     """The driver's handle on one device actor; the same calls as LocalHost."""
 
-    def __init__(self, actor, index: int):
-        self.actor, self.index = actor, index
+    def __init__(self, actor, index: int, server: str = ""):
+        self.actor, self.index, self.server = actor, index, server  # server: its Ray node
         self._loaded: set[Hashable] = set()
 
     def load(self, key, block_id, cfg, kv_pages=0, page_size=16, wait=True) -> None:
@@ -157,5 +162,6 @@ def ray_hosts(zoo_root: str, devices: list[str], dtype: str,
         threads = 0 if gpu else max(1, cpus // len(devices))
         actor = actor_cls.remote(zoo_root, "cuda" if gpu else dev, dtype, i, threads)
         hosts.append(RayHost(actor, i))
-    ray.get([h.actor.pid.remote() for h in hosts])  # started, or raise now
+    for h, node in zip(hosts, ray.get([h.actor.node.remote() for h in hosts]), strict=True):
+        h.server = node  # started (or raise now), and where
     return hosts

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 from blockllm.runtime.devices import base_key, is_tied
-from blockllm.runtime.placement import cluster_of, route
+from blockllm.runtime.placement import route
 from blockllm.runtime.request import Request
 
 
@@ -49,8 +49,7 @@ def route_request(engine, req: Request) -> None:
             reps = [r for r in reps if engine.kv.tables[r].can_append(req.id, n)] or reps
         options[k] = tuple(engine.where[r] for r in reps)
     hop_bytes = engine.models[req.model].hidden_size * 4 * n
-    devices = route(list(base), options, cluster_of((len(engine.hosts),)), hop_bytes,
-                    busy_s=routed_load(engine))
+    devices = route(list(base), options, engine.cluster, hop_bytes, busy_s=routed_load(engine))
     if is_tied(base[-1]):
         devices[-1] = devices[0]
     set_keys(engine, req, tuple(_replica_on(engine, k, d) for k, d in
