@@ -91,7 +91,8 @@ def test_ray_replicas_give_the_single_process_tokens(zoo4):
     try:
         reqs, _, used = _serve(eng, zoo)
         _check_tokens(eng, reqs, ref)
-        assert {eng.where[k] for k in used} == {0, 1}
+        assert any(sum(r in used for r in reps) > 1 for reps in eng.replicas.values()), \
+            "some shared block ran on both of its replicas"
     finally:
         eng.close()
 
@@ -147,3 +148,53 @@ def test_tied_heads_run_beside_the_request_s_embedding_replica(tied_zoo, n, plac
             assert eng.where[keys[-1]] == eng.where[keys[0]]
     finally:
         eng.close()
+
+
+def test_a_tied_group_moves_whole_or_not_at_all(tied_zoo):
+    """Embedding replica and tied head replica move together; when they do not both fit the
+    target device, neither moves, and serving goes on with the same tokens."""
+    zoo, ref = tied_zoo
+    eng = Engine(zoo, zoo.models(), EngineConfig(devices=3, replicas=2))
+    try:
+        eng.generate("tbase", [PROMPTS[0]], 3, stop_ids=frozenset())  # both resident
+        embed = eng.key("tbase", eng.chains["tbase"][0])
+        head = eng.key("tbase", eng.chains["tbase"][-1])
+        rep = next(r for r in eng.replicas[embed] if eng.resident(r))  # the one that ran
+        head_rep = replica_key(head, replica_index(rep))
+        assert eng.resident(head_rep)
+        dst = next(d for d in range(3) if d not in {eng.where[r] for r in eng.replicas[embed]})
+        before = dict(eng.where)
+        mem = eng.memory[dst]
+        for k in list(mem.keys()):
+            eng.evict(k)
+        mem.budget = eng.residency(head_rep).size(head_rep) + 10  # the head fits, not both
+        assert not move(eng, rep, dst), "the embedding does not fit there"
+        assert eng.where == before, "nothing of the group moved"
+        mem.budget = 1 << 40
+        assert move(eng, rep, dst)
+        assert eng.where[rep] == eng.where[head_rep] == dst
+        out = eng.generate("tbase", [PROMPTS[1]], N, stop_ids=frozenset())
+        assert out[0] == ref["tbase"][1]
+    finally:
+        eng.close()
+
+
+def test_replanning_keeps_the_configured_number_of_replicas(zoo4):
+    """However hot the load, a plan gives each block as many devices as it has replicas, so a
+    replan can move every one of them."""
+    from blockllm.runtime.devices import place_keys
+    zoo, _ = zoo4
+    for replicas in (1, 2):
+        eng = Engine(zoo, zoo.models(), EngineConfig(devices=3, replicas=replicas))
+        try:
+            plan = place_keys(eng, dict.fromkeys(eng.models, 1e9))
+            assert all(len(devs) == len(eng.replicas[k]) for k, devs in plan.items())
+        finally:
+            eng.close()
+
+
+def test_bad_replica_settings_are_named():
+    with pytest.raises(ValueError, match="at most one per device"):
+        EngineConfig(devices=2, replicas=3)
+    with pytest.raises(ValueError, match="only of shared blocks"):
+        EngineConfig(devices=2, replicas=2, share_blocks=False)

@@ -61,5 +61,9 @@ class EngineConfig:
                              f"({self.devices})")
         if self.placement not in ("locality", "round_robin", "random"):
             raise ValueError("placement is locality, round_robin or random")
+        if self.replicas > 1 and (self.replicas > self.devices or not self.share_blocks):
+            raise ValueError(f"replicas {self.replicas}: at most one per device (devices "
+                             f"{self.devices}), and only of shared blocks (not with no sharing "
+                             "or the per-model baseline)")
         if self.residency_unit == "model" and self.share_blocks:
             raise ValueError("whole-model residency is the per-model baseline: share_blocks=False")

@@ -39,7 +39,8 @@ def base_key(key: Hashable) -> Hashable:
 
 
 def replica_index(key: Hashable) -> int:
-    return key[2] if base_key(key) is not key else 0
+    """i for the key of replica i (0 for a key that is no replica)."""
+    return key[2] if isinstance(key, tuple) and len(key) == 3 and key[1] == "replica" else 0
 
 
 def is_tied(key: Hashable) -> bool:
@@ -107,11 +108,11 @@ def place_keys(engine, rates: dict[str, float] | None = None) -> dict[Hashable, 
                                 {b: s / 1e12 for b, s in sizes.items()}, hidden * 4)
     per_device = max(cfg.memory_budget, -(-sum(sizes.values()) // n) * 2)
     cluster = topology(engine.hosts, cfg, per_device)  # LRU residency enforces the real budget
-    try:
-        placed = PLACEMENTS[cfg.placement](work, cluster)
+    try:  # one replica each (the placement's own replicas follow its load model, not ours)
+        placed = {b: d[:1] for b, d in PLACEMENTS[cfg.placement](work, cluster).items()}
     except PlacementError as e:
         raise UserError(f"cannot place the blocks on {n} devices: {e}") from e
-    if cfg.replicas > 1 and cfg.share_blocks:  # blocks of several models' chains
+    if cfg.replicas > 1:  # blocks of several models' chains
         users = {b: {m for m in models for e in entries[m] if e.block == b} for b in sizes}
         placed = add_replicas(placed, work, cluster, {b: min(cfg.replicas, n)
                                                       for b, u in users.items() if len(u) > 1})

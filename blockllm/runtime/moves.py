@@ -39,22 +39,27 @@ def _group(engine, key: Hashable) -> list[Hashable]:
 
 
 def move(engine, key: Hashable, dst: int) -> bool:
-    """Move `key` (and what must stay beside it) to device `dst`. False: not now (running,
-    or it does not fit there beside the block running there); a group's keys that had moved
-    before the one that did not fit stay moved (each move is whole and safe on its own)."""
+    """Move `key` (and what must stay beside it) to device `dst`, all of the group or none.
+    False: not now (one of them is running, or their resident weights do not fit on `dst`
+    beside the block running there)."""
     group = _group(engine, key)
     running = {b.key for b in engine.inflight.values()}
     if any(k in running for k in group):
         return False
+    coming = {k: engine.memory[engine.where[k]].size(k) for k in group
+              if engine.where[k] != dst and engine.resident(k)}
+    pinned = [engine.inflight[dst].key] if dst in engine.inflight else []
     try:
-        for k in group:
-            _move_one(engine, k, dst, engine.entry_of[k])
+        engine.memory[dst].plan(coming, pinned)  # checks only: each move plans its own room
     except OverBudget:
         return False
+    for k in group:
+        _move_one(engine, k, dst, engine.entry_of[k], pinned + list(coming))
     return True
 
 
-def _move_one(engine, key: Hashable, dst: int, entry_model: tuple) -> None:
+def _move_one(engine, key: Hashable, dst: int, entry_model: tuple,
+              pinned: list[Hashable]) -> None:
     src = engine.where[key]
     if src == dst:
         return
@@ -62,8 +67,7 @@ def _move_one(engine, key: Hashable, dst: int, entry_model: tuple) -> None:
     old, new = engine.memory[src], engine.memory[dst]
     resident = old.resident(key)
     if resident:  # make: load on the new device before anything is freed on the old one
-        pinned = [engine.inflight[dst].key] if dst in engine.inflight else []
-        _, evict = new.plan({key: old.size(key)}, pinned)
+        _, evict = new.plan({key: old.size(key)}, [k for k in pinned if k != key])
         for k in evict:
             engine.evict(k)
         pages = engine.kv.tables[key].num_pages if key in engine.kv.tables else 0

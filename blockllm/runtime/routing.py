@@ -11,7 +11,8 @@ KV pool along, so a route never goes stale.
 The choice is `placement.route`, the function the cluster simulator routes with: hop by hop
 along the chain, among the replicas with room for the request's KV, the one with the least
 transfer from the previous hop's device plus that device's routed load (requests holding KV
-in its blocks, times each block's service time, estimated as in `place_keys` from its bytes).
+in its blocks, times each block's service time per pass, estimated as in `place_keys` from
+its bytes: the seconds each token of those requests will keep the device busy).
 A tied head goes where the request's embedding replica is (its logits read that weight).
 The simulator routes each hop when the request reaches it; the engine routes the whole chain
 up front because coordinated KV reserves every block of the chain before the first pass.
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
-from blockllm.runtime.devices import base_key, is_tied
+from blockllm.runtime.devices import base_key, is_tied, replica_index, replica_key
 from blockllm.runtime.placement import route
 from blockllm.runtime.request import Request
 
@@ -42,22 +43,20 @@ def route_request(engine, req: Request) -> None:
             set_keys(engine, req, base)
         return
     n = len(req.feed)
-    options: dict[Hashable, tuple[int, ...]] = {}
+    usable: dict[Hashable, list[Hashable]] = {}  # block -> its replicas this request may use
     for k in set(base):
-        reps = engine.replicas[k]
+        reps = list(engine.replicas[k])
         if k in engine.kv.tables:  # a decoder block: replicas with room for this pass
             reps = [r for r in reps if engine.kv.tables[r].can_append(req.id, n)] or reps
-        options[k] = tuple(engine.where[r] for r in reps)
+        usable[k] = reps
+    options = {k: tuple(engine.where[r] for r in reps) for k, reps in usable.items()}
     hop_bytes = engine.models[req.model].hidden_size * 4 * n
     devices = route(list(base), options, engine.cluster, hop_bytes, busy_s=routed_load(engine))
-    if is_tied(base[-1]):
-        devices[-1] = devices[0]
-    set_keys(engine, req, tuple(_replica_on(engine, k, d) for k, d in
-                                zip(base, devices, strict=True)))
-
-
-def _replica_on(engine, key: Hashable, device: int) -> Hashable:
-    return next(r for r in engine.replicas[key] if engine.where[r] == device)
+    keys = [next(r for r in usable[k] if engine.where[r] == d)  # a replica on that device
+            for k, d in zip(base, devices, strict=True)]
+    if is_tied(base[-1]):  # replica i of a tied head sits beside replica i of its embedding
+        keys[-1] = replica_key(base[-1], replica_index(keys[0]))
+    set_keys(engine, req, tuple(keys))
 
 
 def routed_load(engine) -> dict[int, float]:

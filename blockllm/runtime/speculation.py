@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
-from blockllm.runtime.devices import is_tied
+from blockllm.runtime.devices import base_key, is_tied
 from blockllm.runtime.request import Request
 from blockllm.runtime.residency import OverBudget
 
@@ -55,8 +55,10 @@ def _in_use(engine) -> set[Hashable]:
     """Every block in the chain of an admitted or waiting request: a guess may not evict
     these (measured: evicting blocks only a few hops away made 10x the loads it saved)."""
     out: set[Hashable] = set()
-    for r in list(engine.running.values()) + list(engine.waiting):
+    for r in engine.running.values():
         out.update(r.keys)
+    for r in engine.waiting:  # not routed yet: any replica of its blocks may become its own
+        out.update(x for k in r.keys for x in engine.replicas[base_key(k)])
     return out
 
 

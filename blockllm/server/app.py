@@ -69,7 +69,9 @@ def create_app(aengine: AsyncEngine, tokenizers: dict,
                 keys = [engine.key(name, e) for e in chain]
                 data.append({"id": name, "object": "model", "owned_by": "blockllm",
                              "blocks": len(chain),
-                             "resident_blocks": sum(engine.resident(k) for k in keys)})
+                             "resident_blocks": sum(any(engine.resident(r)  # any replica
+                                                        for r in engine.replicas[k])
+                                                    for k in keys)})
         return {"object": "list", "data": data}
 
     async def _generate(body, prompt_ids: list[int], chat: bool):

@@ -11,8 +11,9 @@ _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120
 
 
 def _label(key) -> str:
+    """A block key as a label: ids cut to 12 characters, tuple parts (tied, replica) by "/"."""
     if isinstance(key, tuple):
-        return "/".join(str(k)[:12] for k in key)
+        return "/".join(_label(k) for k in key)
     return str(key)[:12]
 
 
