@@ -110,7 +110,9 @@ def _replay(zoo_dir, models, cfg, trace, prompts, sampler_pid, warm: bool = Fals
               help="Block shapes to profile, PRESET:DTYPE, comma-separated.")
 @click.option("--dtype", default="bfloat16", help="The engine's dtype in the replays.")
 @click.option("--parts", default="curves,validation,speculation", help="Which checks to run.")
-def main(out, zoo_dir, rates, n_req, device, presets, dtype, parts):
+@click.option("--name", default="gpu_check", show_default=True,
+              help="Output file stem (paper_figures.sim_validation draws gpu_validation-*).")
+def main(out, zoo_dir, rates, n_req, device, presets, dtype, parts, name):
     import os
 
     import torch
@@ -126,14 +128,15 @@ def main(out, zoo_dir, rates, n_req, device, presets, dtype, parts):
         raise click.UsageError("no CUDA device here: run this on a GPU machine")
     outd = Path(out)
     outd.mkdir(parents=True, exist_ok=True)
-    name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
-    report = {"device": name, "torch": torch.__version__,
+    gpu = torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
+    report = {"device": gpu, "torch": torch.__version__, "dtype": dtype,
               "curves": {}, "validation": [], "speculation": []}
     t0 = time.perf_counter()
     parts = set(parts.split(","))
     for spec in filter(None, presets.split(",") if "curves" in parts else []):
-        preset, dtype = spec.split(":")
-        report["curves"][preset] = {"dtype": dtype, **_curves_of(preset, dtype, device)}
+        preset, curve_dtype = spec.split(":")  # not `dtype`: that is the replays' dtype
+        report["curves"][preset] = {"dtype": curve_dtype,
+                                    **_curves_of(preset, curve_dtype, device)}
     click.echo(f"curves done {time.perf_counter() - t0:.0f}s", err=True)
     zoo, models = _zoo(Path(zoo_dir), 6, 8)
     base = EngineConfig(device=device, dtype=dtype, memory_budget=8 << 30,
@@ -170,8 +173,8 @@ def main(out, zoo_dir, rates, n_req, device, presets, dtype, parts):
             report["speculation"].append(row)
             click.echo(json.dumps(row), err=True)
     report["wall_s"] = time.perf_counter() - t0
-    (outd / "gpu_check.json").write_text(json.dumps(report, indent=1))
-    click.echo(f"wrote {outd / 'gpu_check.json'} in {report['wall_s']:.0f}s", err=True)
+    (outd / f"{name}.json").write_text(json.dumps(report, indent=1))
+    click.echo(f"wrote {outd / name}.json in {report['wall_s']:.0f}s", err=True)
 
 
 if __name__ == "__main__":

@@ -22,10 +22,12 @@ def _rows(results: Path) -> list[dict]:
         if "engine_warm_s" in r:
             rows.append({"setting": "CPU, warm engine", "q": r["quantile"],
                          "real": r["engine_warm_s"], "sim": r["sim_warm_s"]})
-    for gpu in sorted((results / "gpu").glob("gpu_validation-*.json")):
-        for r in json.loads(gpu.read_text())["validation"]:
+    for gpu in sorted((results / "gpu").glob("gpu_validation-*.json")):  # gpu_check --name
+        data = json.loads(gpu.read_text())
+        label = "H100" if "H100" in data["device"] else data["device"]
+        for r in data["validation"]:
             for q in ("p50", "p95"):
-                rows.append({"setting": "H100, warm engine", "q": q, "real": r["real"][q],
+                rows.append({"setting": f"{label}, warm engine", "q": q, "real": r["real"][q],
                              "sim": r["sim"][q]})
     return rows
 
