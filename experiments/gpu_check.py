@@ -119,6 +119,7 @@ def main(out, zoo_dir, rates, n_req, device, presets, dtype, parts, name):
 
     from blockllm.runtime.config import EngineConfig
     from blockllm.sim.cluster import SimRequest
+    from blockllm.zoo.store import Zoo
     from experiments.configs.sim_validation import (
         measure_engine,
         overhead_per_call,
@@ -141,7 +142,8 @@ def main(out, zoo_dir, rates, n_req, device, presets, dtype, parts, name):
     zoo, models = _zoo(Path(zoo_dir), 6, 8)
     base = EngineConfig(device=device, dtype=dtype, memory_budget=8 << 30,
                         kv_budget=4 << 30)
-    eng, chains, curves, cold, per_seq = measure_engine(zoo, models, base)
+    if "validation" in parts:  # loads and profiles every block: only where it is used
+        eng, chains, curves, _, per_seq = measure_engine(zoo, models, base)
     for rate in [float(r) for r in rates.split(",")] if "validation" in parts else []:
         trace, prompts = _trace(models, rate, n_req, seed=11)
         reqs = [SimRequest(r["i"], r["model"], r["t"], len(prompts[r["i"]]), r["max_tokens"])
@@ -157,9 +159,11 @@ def main(out, zoo_dir, rates, n_req, device, presets, dtype, parts, name):
                             for k in ("p50", "p95")}
         report["validation"].append(row)
         click.echo(json.dumps(row), err=True)
-    eng.close()
+    if "validation" in parts:
+        eng.close()
     # speculation: weights budget below the zoo's unique bytes -> loads; on/off alternated
-    unique = sum(eng.info[b].nbytes for b in {e.block for m in models for e in eng.chains[m]})
+    z = Zoo(zoo)
+    unique = sum(z.block_info(b).nbytes for b in {e.block for m in models for e in z.chain(m)})
     tight = replace(base, memory_budget=int(unique * 0.6))
     trace, prompts = _trace(models, 8.0, n_req, seed=12)
     for rep in range(2 if "speculation" in parts else 0):

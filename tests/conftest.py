@@ -42,12 +42,26 @@ ENGINE_N = 24  # new tokens per prompt in the engine tests
 def zoo4(tmp_path_factory):
     """The four-model zoo (base, ft, lora, other: tests.test_zoo) and each model's greedy
     reference for ENGINE_PROMPTS from its own chain, run alone (zoo.ingest.chain_model)."""
-    from blockllm.zoo.ingest import chain_model
     from tests.test_zoo import four_model_zoo
     zoo = four_model_zoo(tmp_path_factory.mktemp("engine"))
-    ref = {m: [chain_model(zoo, m).generate([p], ENGINE_N, stop_ids=())[0]
-               for p in ENGINE_PROMPTS] for m in zoo.models()}
-    return zoo, ref
+    return zoo, greedy_refs(zoo)
+
+
+def greedy_refs(zoo) -> dict[str, list[list[int]]]:
+    """Each model's greedy ENGINE_N tokens for each of ENGINE_PROMPTS, from its own chain run
+    alone (zoo.ingest.chain_model): the reference the engine tests compare against."""
+    from blockllm.zoo.ingest import chain_model
+    return {m: [chain_model(zoo, m).generate([p], ENGINE_N, stop_ids=())[0]
+                for p in ENGINE_PROMPTS] for m in zoo.models()}
+
+
+def check_tokens(eng, reqs, ref) -> None:
+    """Every (model, prompt index, request) ran to its length with the reference's tokens,
+    and every KV page came back."""
+    for m, i, r in reqs:
+        assert r.finish_reason == "length", (m, i, r.finish_reason)
+        assert r.output == ref[m][i], (m, i)
+    assert all(t.free_pages == t.num_pages for t in eng.kv.tables.values()), "no KV leaks"
 
 
 def good_and_bad_zoo(root):

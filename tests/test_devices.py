@@ -12,15 +12,13 @@ from blockllm.runtime.engine import Engine
 from blockllm.runtime.moves import move
 from tests.conftest import ENGINE_N as N
 from tests.conftest import ENGINE_PROMPTS as PROMPTS
+from tests.conftest import check_tokens
 from tests.test_engine import _run_all
 
 
 def _check(zoo, ref, cfg):
     eng, reqs = _run_all(zoo, cfg)
-    for m, i, r in reqs:
-        assert r.finish_reason == "length"
-        assert r.output == ref[m][i], (m, i, cfg)
-    assert all(t.free_pages == t.num_pages for t in eng.kv.tables.values())
+    check_tokens(eng, reqs, ref)
     return eng
 
 

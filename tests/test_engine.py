@@ -196,9 +196,6 @@ def test_a_failing_block_ends_its_batch_frees_its_kv_and_the_engine_keeps_servin
 
 def test_kv_pools_stay_within_the_kv_budget_whatever_the_layers_per_block(tmp_path):
     """Each pool holds every layer of its block: the budget counts them all."""
-    from blockllm.zoo.ingest import add_source
-    from blockllm.zoo.store import Zoo
-    from tests.conftest import tiny_source
     zoo = Zoo(tmp_path / "zoo")
     add_source(zoo, tiny_source(seed=0), "one", layers_per_block=1)
     add_source(zoo, tiny_source(seed=1), "two", layers_per_block=2)
@@ -206,7 +203,7 @@ def test_kv_pools_stay_within_the_kv_budget_whatever_the_layers_per_block(tmp_pa
     eng = Engine(zoo, zoo.models(), EngineConfig(kv_budget=budget))
     eng.generate("two", [PROMPTS[0]], 2)
     eng.generate("one", [PROMPTS[0]], 2)
-    pools = [p for p in eng.hosts[0].pools.values()]
+    pools = list(eng.hosts[0].pools.values())
     assert len(pools) == 3 + 2  # a pool per decoder block: 3 of one layer; one of 2, one of 1
     used = sum(p.kv.numel() * p.kv.element_size() for p in pools)
     assert used <= budget and used > budget * 0.8, (used, budget)

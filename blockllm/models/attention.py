@@ -26,7 +26,7 @@ class AttnBatch:
     page_tables: torch.Tensor  # (B, max_pages) long, padded with page 0
     mask: torch.Tensor | None  # (B, 1, max_q, max_ctx) bool, None when no masking is needed
     fresh_prefill: bool  # one sequence whose whole context is new: causal attention on the fly
-    _rope: dict = field(default_factory=dict, repr=False)  # per-step caches: (rope key, dtype)
+    _cache: dict = field(default_factory=dict, repr=False)  # per-step caches: (rope key, dtype)
     #                                                      -> (cos, sin); ("bias", dtype) -> bias
 
     def rope(self, inv_freq: torch.Tensor, dtype: torch.dtype, rope_key: Hashable
@@ -34,9 +34,9 @@ class AttnBatch:
         """cos, sin (T, head_dim) of this step's positions; computed once per distinct RoPE
         (`rope_key` names the RoPE config that produced `inv_freq`)."""
         key = (rope_key, dtype)
-        if key not in self._rope:
-            self._rope[key] = cos_sin(inv_freq, self.positions, dtype)
-        return self._rope[key]
+        if key not in self._cache:
+            self._cache[key] = cos_sin(inv_freq, self.positions, dtype)
+        return self._cache[key]
 
     def bias(self, dtype: torch.dtype) -> torch.Tensor | None:
         """The mask as an additive bias (0 or -inf) in `dtype`, made once per step and dtype.
@@ -47,10 +47,10 @@ class AttnBatch:
         if self.mask is None:
             return None
         key = ("bias", dtype)
-        if key not in self._rope:
+        if key not in self._cache:
             zero = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device)
-            self._rope[key] = zero.masked_fill(~self.mask, float("-inf"))
-        return self._rope[key]
+            self._cache[key] = zero.masked_fill(~self.mask, float("-inf"))
+        return self._cache[key]
 
     def to(self, device: torch.device | str) -> AttnBatch:
         """This step's metadata on `device` (built on the driver, used where the block runs)."""

@@ -14,6 +14,7 @@ device, models spread round-robin, one replica each.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable
 
 from blockllm.errors import UserError
@@ -26,6 +27,12 @@ from blockllm.runtime.placement import (
     add_replicas,
     workload_from_chains,
 )
+
+
+def service_s(nbytes: int) -> float:
+    """A block's estimated seconds per pass before any is measured: its weights read at 1 TB/s
+    (placement's load model and routing's load estimate share it)."""
+    return nbytes / 1e12
 
 
 def replica_key(key: Hashable, i: int) -> Hashable:
@@ -73,7 +80,7 @@ def make_hosts(zoo, cfg: EngineConfig) -> list:
     return [LocalHost(zoo, name, cfg.dtype, i) for i, name in enumerate(names)]
 
 
-def topology(hosts: list, cfg: EngineConfig, memory: int = 0) -> Cluster:
+def topology(hosts: list, cfg: EngineConfig) -> Cluster:
     """The engine's devices as a cluster for placement and routing: `cfg.servers` (devices
     per server, in device order) where given, else the hosts' own servers (a Ray actor's node;
     local hosts share one), numbered in order of first appearance."""
@@ -82,7 +89,7 @@ def topology(hosts: list, cfg: EngineConfig, memory: int = 0) -> Cluster:
     else:
         labels = [h.server for h in hosts]
     index = {s: i for i, s in enumerate(dict.fromkeys(labels))}
-    return Cluster(tuple(Device(index[s], memory) for s in labels))
+    return Cluster(tuple(Device(index[s], 0) for s in labels))  # memory: see place_keys
 
 
 def place_keys(engine, rates: dict[str, float] | None = None) -> dict[Hashable, tuple[int, ...]]:
@@ -105,17 +112,21 @@ def place_keys(engine, rates: dict[str, float] | None = None) -> dict[Hashable, 
     # service time of a pass ~ bytes of weights read; every chain equally popular at start
     rate = {c: (rates or {}).get(c.split("#")[0], 1.0) for c in chains}
     work = workload_from_chains(chains, rate, sizes,
-                                {b: s / 1e12 for b, s in sizes.items()}, hidden * 4)
+                                {b: service_s(s) for b, s in sizes.items()}, hidden * 4)
     per_device = max(cfg.memory_budget, -(-sum(sizes.values()) // n) * 2)
-    cluster = topology(engine.hosts, cfg, per_device)  # LRU residency enforces the real budget
+    cluster = dataclasses.replace(engine.cluster, devices=tuple(  # LRU residency enforces the
+        dataclasses.replace(d, memory=per_device) for d in engine.cluster.devices))  # budget
     try:  # one replica each (the placement's own replicas follow its load model, not ours)
         placed = {b: d[:1] for b, d in PLACEMENTS[cfg.placement](work, cluster).items()}
     except PlacementError as e:
         raise UserError(f"cannot place the blocks on {n} devices: {e}") from e
-    if cfg.replicas > 1:  # blocks of several models' chains
-        users = {b: {m for m in models for e in entries[m] if e.block == b} for b in sizes}
-        placed = add_replicas(placed, work, cluster, {b: min(cfg.replicas, n)
-                                                      for b, u in users.items() if len(u) > 1})
+    if cfg.replicas > 1:  # blocks in the chains of several models
+        users: dict[str, set[str]] = {}
+        for m in models:
+            for e in entries[m]:
+                users.setdefault(e.block, set()).add(m)
+        placed = add_replicas(placed, work, cluster,
+                              {b: cfg.replicas for b, u in users.items() if len(u) > 1})
     where = {}
     for m in models:
         for e in entries[m]:
@@ -127,19 +138,15 @@ def place_keys(engine, rates: dict[str, float] | None = None) -> dict[Hashable, 
     return where
 
 
-def expand(placed: dict[Hashable, tuple[int, ...]]) -> dict[Hashable, int]:
-    """Replica key -> device, from `place_keys`'s output."""
-    return {replica_key(k, i): d for k, devs in placed.items() for i, d in enumerate(devs)}
-
-
-def key_layout(engine, placed: dict[Hashable, tuple[int, ...]]) -> None:
-    """Set the engine's replicas (block key -> its replica keys), where (replica key ->
-    device) and entry_of (replica key -> (chain entry, model)) from `place_keys`'s output."""
-    engine.replicas = {k: tuple(replica_key(k, i) for i in range(len(devs)))
-                       for k, devs in placed.items()}
-    engine.where = expand(placed)
-    engine.entry_of = {}
+def key_layout(engine, placed: dict[Hashable, tuple[int, ...]]) -> tuple[dict, dict, dict]:
+    """From `place_keys`'s output: replicas (block key -> its replica keys), where (replica
+    key -> device) and entry_of (replica key -> (chain entry, model))."""
+    replicas = {k: tuple(replica_key(k, i) for i in range(len(devs)))
+                for k, devs in placed.items()}
+    where = {replica_key(k, i): d for k, devs in placed.items() for i, d in enumerate(devs)}
+    entry_of: dict[Hashable, tuple] = {}
     for m in engine.models:
         for e in engine._all_entries(m):
-            for r in engine.replicas[engine.key(m, e)]:
-                engine.entry_of.setdefault(r, (e, m))
+            for r in replicas[engine.key(m, e)]:
+                entry_of.setdefault(r, (e, m))
+    return replicas, where, entry_of

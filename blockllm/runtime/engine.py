@@ -60,7 +60,7 @@ class Engine:
         self.options = load_options(self) if config.use_equivalence else {}
         self.hosts = make_hosts(zoo, config)
         self.cluster = topology(self.hosts, config)  # which devices share a server's links
-        key_layout(self, place_keys(self))  # replicas, where (key -> device), entry_of
+        self.replicas, self.where, self.entry_of = key_layout(self, place_keys(self))
         self.kv = KVManager.split({k: self._page_bytes(self.models[m], self.info[e.block])
                                    for k, (e, m) in self.entry_of.items()
                                    if self.info[e.block].kind == "decoder"},

@@ -21,7 +21,7 @@ import torch
 
 from blockllm.models.attention import AttnBatch
 from blockllm.models.config import LlamaConfig
-from blockllm.models.kv_cache import KVPool
+from blockllm.models.kv_cache import KVLayout, KVPool
 from blockllm.models.lora import LoraAdapter
 from blockllm.runtime.workers import BlockWorker, new_pool, profile_latency
 from blockllm.zoo.store import Zoo
@@ -89,13 +89,13 @@ class LocalHost:
     def has(self, key: Hashable) -> bool:
         return key in self.workers or key in self._pending
 
-    def take_pool(self, key: Hashable) -> torch.Tensor | None:
-        """Remove the block's KV pool from this device and return its tensor (the block is
+    def take_pool(self, key: Hashable) -> tuple[KVLayout, torch.Tensor] | None:
+        """Remove the block's KV pool from this device: (its layout, its tensor) (the block is
         moving: `put_pool` on its new device)."""
         pool = self.pools.pop(key, None)
-        return None if pool is None else pool.kv
+        return None if pool is None else (pool.layout, pool.kv)
 
-    def put_pool(self, key: Hashable, layout, kv: torch.Tensor) -> None:
+    def put_pool(self, key: Hashable, layout: KVLayout, kv: torch.Tensor) -> None:
         self.pools[key] = KVPool.of(layout, kv.to(self.device))
 
     def profile(self, key: Hashable) -> list[tuple[int, float]]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import time
 from collections.abc import Hashable
 
-from blockllm.models.kv_cache import KVLayout
 from blockllm.runtime.devices import base_key, is_tied, place_keys, replica_index, replica_key
 from blockllm.runtime.residency import OverBudget
 
@@ -74,12 +73,9 @@ def _move_one(engine, key: Hashable, dst: int, entry_model: tuple,
         engine.hosts[dst].load(key, entry.block, engine.models[model], pages,
                                engine.cfg.page_size)
         new.add(key, old.size(key))
-    kv = engine.hosts[src].take_pool(key)
-    if kv is not None:  # the KV of every request holding pages in this block goes along
-        cfg, table = engine.models[model], engine.kv.tables[key]
-        layout = KVLayout(engine.info[entry.block].signature["n_layers"], table.num_pages,
-                          table.page_size, cfg.num_key_value_heads, cfg.head_dim)
-        engine.hosts[dst].put_pool(key, layout, kv)
+    pool = engine.hosts[src].take_pool(key)
+    if pool is not None:  # the KV of every request holding pages in this block goes along
+        engine.hosts[dst].put_pool(key, *pool)
     engine.where[key] = dst  # break: from now on its queue runs on dst
     engine.hosts[src].drop(key)
     if resident:

@@ -42,8 +42,8 @@ class _DeviceActor:
         return self.host.profile(key)
 
     def take_pool(self, key):
-        kv = self.host.take_pool(key)
-        return None if kv is None else kv.cpu()
+        taken = self.host.take_pool(key)
+        return None if taken is None else (taken[0], taken[1].cpu())
 
     def put_pool(self, key, layout, kv):
         self.host.put_pool(key, layout, kv)

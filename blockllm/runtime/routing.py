@@ -22,7 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
-from blockllm.runtime.devices import base_key, is_tied, replica_index, replica_key
+from blockllm.runtime.devices import (
+    base_key,
+    is_tied,
+    replica_index,
+    replica_key,
+    service_s,
+)
 from blockllm.runtime.placement import route
 from blockllm.runtime.request import Request
 
@@ -39,9 +45,7 @@ def route_request(engine, req: Request) -> None:
     """Choose the replica of each block of `req`'s chain (see the module doc)."""
     base = tuple(base_key(k) for k in req.keys)
     if all(len(engine.replicas[k]) == 1 for k in base):
-        if base != req.keys:
-            set_keys(engine, req, base)
-        return
+        return  # one replica each: its key is the block key
     n = len(req.feed)
     usable: dict[Hashable, list[Hashable]] = {}  # block -> its replicas this request may use
     for k in set(base):
@@ -66,6 +70,6 @@ def routed_load(engine) -> dict[int, float]:
     for k, table in engine.kv.tables.items():
         holders = len(table.sequences())
         if holders:
-            block = engine.info[engine.entry_of[k][0].block]  # service time ~ bytes read,
-            load[engine.where[k]] += holders * block.nbytes / 1e12  # as in place_keys
+            block = engine.info[engine.entry_of[k][0].block]
+            load[engine.where[k]] += holders * service_s(block.nbytes)
     return load

@@ -5,8 +5,8 @@ blockllm.runtime.placement, each block's batch limit from blockllm.runtime.batch
 a latency curve, and at each device the engine's rule for what runs next (the queue that
 ranks first by scheduling.queue_rank: waves in chain order, stalled queues first; then as
 many queued requests as fit the block's limit). What it adds is time: a block call takes its
-latency curve's time at the batch's token count, divided by the device's speed; a hop between devices takes the link's transfer
-time for the hidden states it carries. Each request's KV stays on the replica that ran its
+latency curve's time at the batch's token count, divided by the device's speed; a hop
+between devices takes the link's transfer time for the hidden states it carries. Each request's KV stays on the replica that ran its
 first pass, and later passes are routed there (KV affinity).
 
 Latency curves come from measurements (workers.profile_latency) or a roofline model
@@ -94,6 +94,7 @@ def simulate(requests: Sequence[SimRequest], chains: Mapping[str, list[str]],
     first call there; devices start empty. `seq_cost_s`: what each sequence of a batch beyond
     the first adds to a block's call (workers.sequence_cost; the curves are per token)."""
     loaded: set[tuple[int, str]] = set()
+    seq_cost = seq_cost_s or {}
     limits = {b: batch_limit(c, latency_target_s) for b, c in curves.items()}
     n_dev = len(cluster.devices)
     queues: list[dict[str, list[tuple[float, int, _State]]]] = [{} for _ in range(n_dev)]
@@ -131,8 +132,7 @@ def simulate(requests: Sequence[SimRequest], chains: Mapping[str, list[str]],
             _, _, st = q.pop(0)
             batch.append(st)
             tokens += st.pass_tokens
-        dt = curve_time(curves[block], tokens) + (len(batch) - 1) * (seq_cost_s or {}).get(
-            block, 0.0)
+        dt = curve_time(curves[block], tokens) + (len(batch) - 1) * seq_cost.get(block, 0.0)
         dt = dt / cluster.devices[d].speed + call_overhead_s
         if first_use_s and (d, block) not in loaded:
             loaded.add((d, block))

@@ -135,14 +135,14 @@ def run(scale: str, out: Path, zoo=None, models=None) -> list[Path]:
             h = simulate(history, chains, curves, place, cluster, hop)
             scores[pname] = (float(np.percentile(list(h.e2e.values()), 95)), h.transfer_s)
         chosen = select(scores)
-        places["selected"] = places[chosen]
+        by_name = {}
         for pname, place in places.items():
             r = simulate(reqs, chains, curves, place, cluster, hop)
             e2e, ttft = np.array(list(r.e2e.values())), np.array(list(r.ttft.values()))
             rows.append({"cluster": name, "gpus": len(cluster.devices), "placement": pname,
                          "inter_hop_us": round(hop_s * 1e6),
                          "network_hops_per_request": r.network_hops / len(reqs),
-                         "chosen": chosen if pname == "selected" else None,
+                         "chosen": None,
                          "models": len(chains), "requests": len(reqs),
                          "replicas": sum(len(v) for v in place.values()), "blocks": len(place),
                          "transfers_per_request": r.transfers / len(reqs),
@@ -152,6 +152,8 @@ def run(scale: str, out: Path, zoo=None, models=None) -> list[Path]:
                          "ttft_p95": float(np.percentile(ttft, 95)),
                          "util_mean": float(np.mean(r.busy_s)) / r.makespan,
                          "util_max": float(np.max(r.busy_s)) / r.makespan})
+            by_name[pname] = rows[-1]
+        rows.append({**by_name[chosen], "placement": "selected", "chosen": chosen})
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"placement-{scale}.json"
     path.write_text(json.dumps({"experiment": "placement", "scale": scale,

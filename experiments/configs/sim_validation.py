@@ -51,7 +51,7 @@ def measure_engine(zoo_dir: str | None, models: list[str], cfg=None):
                 eng.residency(key).add(key, info.nbytes)
                 cold[str(key)] = time.perf_counter() - t0
                 if shape not in by_shape:
-                    worker = eng.hosts[0].workers[key]
+                    worker = eng.hosts[eng.where[key]].workers[key]
                     profile_latency(worker, repeats=1)  # first calls pay kernel set-up
                     by_shape[shape] = (profile_latency(worker, repeats=3),
                                        sequence_cost(worker))
@@ -102,6 +102,7 @@ def _inproc(zoo, trace: dict, reqs: list[SimRequest], prompts: dict, budgets: di
                                   "max_tokens": r.max_tokens} for r in reqs]}
     eng = Engine(Zoo(zoo), trace["models"], EngineConfig(**budgets))
     recs, _ = warm_replay(eng, sub, prompts)
+    eng.close()
     return np.array([r["e2e"] for r in recs])
 
 
@@ -140,6 +141,8 @@ def run(scale: str, out: Path, zoo: str | None, models: list[str]) -> list[Path]
                          "engine_warm_s": eng_q, "sim_warm_s": warm_q,
                          "engine_error_pct": 100 * (warm_q - eng_q) / eng_q,
                          "call_overhead_s": overhead})
+    if chains is not None:
+        eng.close()
     path = out / f"sim_validation-{scale}.json"
     path.write_text(json.dumps({"experiment": "sim_validation", "scale": scale,
                                 "rows": rows}, indent=1))
