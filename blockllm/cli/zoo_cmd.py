@@ -100,6 +100,22 @@ def merge(name, new_name, zoo_dir):
 
 
 @zoo.command()
+@click.argument("name")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="New (or empty) directory to write.")
+@click.option("--merge", is_flag=True,
+              help="A LoRA model as one whole model (adapter folded in), not base + adapter.")
+@zoo_option
+@user_errors
+def export(name, out, merge, zoo_dir):
+    """Write NAME as an HF directory (config, safetensors, tokenizer) for transformers/vLLM."""
+    from blockllm.zoo.export import export_dir
+    e = export_dir(_open(zoo_dir), name, out, merge)
+    click.echo(f"exported {name} to {e.model_dir}" +
+               (f", its peft adapter to {e.adapter_dir}" if e.adapter_dir else ""))
+
+
+@zoo.command()
 @zoo_option
 @user_errors
 def verify(zoo_dir):
