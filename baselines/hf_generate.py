@@ -73,15 +73,21 @@ class HFServer:
     def _run(self, batch: list[dict]) -> None:
         model = self._model(batch[0]["model"])
         tok = self.tokenizers[batch[0]["model"]]
-        ids = [tok.encode(b["prompt"]) for b in batch]
+        ids = [b["prompt"] if isinstance(b["prompt"], list) else tok.encode(b["prompt"])
+               for b in batch]
         width = max(len(i) for i in ids)
         pad = model.generation_config.pad_token_id or 0
         x = torch.tensor([[pad] * (width - len(i)) + i for i in ids])
         mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in ids])
+        # one generate() per batch: EOS ends a row only if no request of the batch ignores it
+        # (rows are cut at their own EOS below); min_new_tokens keeps EOS out until then
+        ignore = any(b["ignore_eos"] for b in batch)
         out = model.generate(x, attention_mask=mask, do_sample=False,
-                             max_new_tokens=max(b["max_tokens"] for b in batch))
+                             max_new_tokens=max(b["max_tokens"] for b in batch),
+                             min_new_tokens=max(b["min_tokens"] for b in batch),
+                             **({"eos_token_id": []} if ignore else {}))
         for b, row, prompt in zip(batch, out[:, width:].tolist(), ids):
-            eos = set(self.zoo.config(b["model"]).eos_token_ids)
+            eos = set() if b["ignore_eos"] else set(self.zoo.config(b["model"]).eos_token_ids)
             new = []
             for t in row[: b["max_tokens"]]:
                 if t in eos:
@@ -109,21 +115,30 @@ def create_app(server: HFServer, api_key: str | None = None) -> FastAPI:
 
     @app.post("/v1/completions")
     async def completions(request: Request):
+        from pydantic import ValidationError
+
+        from blockllm.server.protocol import CompletionRequest
         try:
-            body = await request.json()
-            model, prompt = body["model"], body["prompt"]
-            max_tokens = int(body.get("max_tokens", 16))
-        except (ValueError, KeyError, TypeError) as e:
-            return error(400, f"bad request: {e!r}")
-        if model not in server.models:
-            return error(404, f"model {model!r} does not exist")
-        if not isinstance(prompt, str) or not prompt or max_tokens < 1:
-            return error(400, "prompt must be a non-empty string and max_tokens >= 1")
+            req = CompletionRequest.model_validate(await request.json())
+        except ValidationError as e:
+            first = e.errors()[0]
+            return error(400, f"{'.'.join(map(str, first['loc'])) or 'body'}: {first['msg']}")
+        except ValueError as e:
+            return error(400, f"the body is not JSON: {e}")
+        # static greedy batches: what generate() batching cannot do is refused, not ignored
+        if req.temperature > 0 or req.stop or req.seed is not None or req.top_k or \
+                req.top_p < 1:
+            return error(400, "this baseline decodes greedily without stop strings: send "
+                              "temperature 0 and no stop, seed, top_k or top_p")
+        if req.model not in server.models:
+            return error(404, f"model {req.model!r} does not exist")
+        body, model, max_tokens = req.model_dump(), req.model, req.max_tokens
         if server.inbox.qsize() >= server.max_waiting:
             return error(429, "the server is busy; retry later", headers={"Retry-After": "1"})
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        server.inbox.put({"model": model, "prompt": prompt, "max_tokens": max_tokens,
+        server.inbox.put({"model": model, "prompt": req.prompt, "max_tokens": max_tokens,
+                          "ignore_eos": req.ignore_eos, "min_tokens": req.min_tokens,
                           "done": lambda text, why, usage: loop.call_soon_threadsafe(
                               fut.set_result, (text, why, usage))})
         text, why, usage = await fut

@@ -207,3 +207,20 @@ def test_kv_pools_stay_within_the_kv_budget_whatever_the_layers_per_block(tmp_pa
     assert len(pools) == 3 + 2  # a pool per decoder block: 3 of one layer; one of 2, one of 1
     used = sum(p.kv.numel() * p.kv.element_size() for p in pools)
     assert used <= budget and used > budget * 0.8, (used, budget)
+
+
+def test_min_tokens_masks_the_stop_tokens_until_reached(zoo4):
+    """As vLLM: before min_tokens outputs, stop ids cannot be sampled (their logits are masked);
+    empty stop ids (ignore_eos) never stop."""
+    zoo, ref = zoo4
+    eng = Engine(zoo, ["base"], EngineConfig(device=DEVICE))
+    first = ref["base"][0][0]
+    [stopped] = eng.generate("base", [PROMPTS[0]], N, stop_ids=frozenset({first}))
+    assert stopped == [first]
+    r = eng.submit("base", PROMPTS[0], max_tokens=N, stop_ids=frozenset({first}), min_tokens=3)
+    while eng.has_work():
+        eng.step()
+    assert r.output[0] != first and len(r.output) >= 3
+    assert first not in r.output[:3]
+    with pytest.raises(Exception, match="min_tokens"):
+        eng.submit("base", PROMPTS[0], max_tokens=2, min_tokens=3)

@@ -212,8 +212,11 @@ def test_hf_generate_baseline_has_the_same_guards(zoo):
     argv = ["-m", "baselines.hf_generate", "--zoo", str(zoo.root), "--models", "base",
             "--api-key", KEY]
     with server_process(argv, timeout_s=120) as (url, _):
-        body = {"model": "base", "prompt": "hi", "max_tokens": 2}
+        body = {"model": "base", "prompt": "hi", "max_tokens": 2, "temperature": 0}
         _ok_error(httpx.post(url + "/v1/completions", json=body), 401, "API key")
+        sampled = {**body, "temperature": 0.7}  # generate() batches decode greedily: refused
+        _ok_error(httpx.post(url + "/v1/completions", json=sampled, headers=_auth()), 400,
+                  "greedily")
         big = {**body, "prompt": "x" * (2 << 20)}
         _ok_error(httpx.post(url + "/v1/completions", json=big, headers=_auth()), 413, "body")
         r = httpx.post(url + "/v1/completions", json=body, headers=_auth(), timeout=120)

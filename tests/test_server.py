@@ -120,6 +120,14 @@ def test_stop_strings_and_sampling_seed(server):
     ({"model": "base", "prompt": [1, 99999]}, 400, "token ids"),
     ({"model": "base", "prompt": "x", "n": 3}, 400, "n"),
     ({"model": "base", "prompt": "x", "stop": [""]}, 400, "stop"),
+    # never accepted and silently ignored: unknown fields and fields we do not implement yet
+    ({"model": "base", "prompt": "x", "frobnicate": 1}, 400, "frobnicate"),
+    ({"model": "base", "prompt": "x", "echo": True}, 400, "echo"),
+    ({"model": "base", "prompt": "x", "logprobs": 2}, 400, "logprobs"),
+    ({"model": "base", "prompt": "x", "presence_penalty": 0.5}, 400, "presence_penalty"),
+    ({"model": "base", "prompt": "x", "response_format": {"type": "json_object"}}, 400,
+     "response_format"),
+    ({"model": "base", "prompt": "x", "max_tokens": 2, "min_tokens": 3}, 400, "min_tokens"),
 ])
 def test_bad_requests_get_openai_errors_and_the_server_stays_up(server, body, status, word):
     url, _, _ = server
@@ -128,6 +136,19 @@ def test_bad_requests_get_openai_errors_and_the_server_stays_up(server, body, st
     err = r.json()["error"]
     assert word in err["message"] and err["code"] == status
     assert httpx.get(url + "/health").status_code == 200
+
+
+def test_ignore_eos_and_what_benchmark_clients_send(server):
+    """vLLM's `ignore_eos` generates exactly max_tokens (equal work in a benchmark); the no-op
+    values `vllm bench serve` sends (repetition_penalty 1, logprobs null) are accepted."""
+    url, models, _ = server
+    for m in models:
+        for p in PROMPTS:
+            body = {"model": m, "prompt": p, "max_tokens": N, "temperature": 0,
+                    "ignore_eos": True, "repetition_penalty": 1.0, "logprobs": None}
+            r = httpx.post(url + "/v1/completions", json=body, timeout=60)
+            assert r.status_code == 200, r.text
+            assert r.json()["usage"]["completion_tokens"] == N, (m, p)
 
 
 def test_malformed_json_unknown_route_and_metrics(server):

@@ -134,7 +134,11 @@ class Engine:
     # ---- requests -------------------------------------------------------------------------
 
     def submit(self, model: str, prompt: list[int], params: SamplingParams = SamplingParams(),
-               max_tokens: int = 16, stop_ids: frozenset[int] | None = None) -> Request:
+               max_tokens: int = 16, stop_ids: frozenset[int] | None = None,
+               min_tokens: int = 0) -> Request:
+        """Queue a request. stop_ids: the tokens that end it (None: the model's EOS ids; empty:
+        never, as vLLM's ignore_eos); min_tokens: those tokens cannot be sampled before this
+        many tokens were generated (their logits are masked, as vLLM does)."""
         if model not in self.models:
             raise UserError(f"model {model!r} is not served (served: {', '.join(self.models)})")
         cfg = self.models[model]
@@ -142,6 +146,8 @@ class Engine:
             raise UserError("the prompt is empty")
         if max_tokens < 1:
             raise UserError("max_tokens must be at least 1")
+        if not 0 <= min_tokens <= max_tokens:
+            raise UserError(f"min_tokens must be in [0, max_tokens={max_tokens}]")
         if len(prompt) + max_tokens > cfg.max_position_embeddings:
             raise UserError(f"prompt of {len(prompt)} tokens + max_tokens {max_tokens} exceeds "
                             f"the context length {cfg.max_position_embeddings}")
@@ -150,7 +156,7 @@ class Engine:
                        f"(max_waiting {self.cfg.max_waiting}); retry later")
         stop = frozenset(cfg.eos_token_ids) if stop_ids is None else stop_ids
         req = Request(next(self._ids), model, list(prompt), params, max_tokens, stop,
-                      assemble_chain(self, model))
+                      assemble_chain(self, model), min_tokens=min_tokens)
         set_keys(self, req, tuple(self.key(model, e) for e in req.chain))  # routed at admission
         self.waiting.append(req)
         self.served[model] = self.served.get(model, 0) + 1
@@ -234,6 +240,8 @@ class Engine:
         self.counters["preemptions"] += 1
 
     def _after_head(self, req: Request, logits: torch.Tensor) -> None:
+        if len(req.output) < req.min_tokens and req.stop_ids:
+            logits = logits.index_fill(0, torch.tensor(sorted(req.stop_ids)), float("-inf"))
         token = sample(logits, req.params, req.generator)
         req.output.append(token)
         req.token_times.append(time.perf_counter())

@@ -27,6 +27,7 @@ class Request:
     max_tokens: int
     stop_ids: frozenset[int]
     chain: tuple[ChainEntry, ...]  # assembled at submission
+    min_tokens: int = 0  # stop_ids cannot be sampled before this many output tokens
     keys: tuple = ()  # the engine's key of each chain entry (set at submission)
     decoder_keys: tuple = ()  # those of its decoder blocks, in chain order
     output: list[int] = field(default_factory=list)

@@ -81,7 +81,8 @@ def create_app(aengine: AsyncEngine, tokenizers: dict,
                                 top_k=body.top_k, seed=body.seed)
         cfg = engine.models[body.model]
         max_tokens = body.max_tokens or max(1, cfg.max_position_embeddings - len(prompt_ids))
-        req, q = aengine.submit(body.model, prompt_ids, params, max_tokens)
+        req, q = aengine.submit(body.model, prompt_ids, params, max_tokens,
+                                frozenset() if body.ignore_eos else None, body.min_tokens)
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
 
@@ -191,7 +192,8 @@ def create_app(aengine: AsyncEngine, tokenizers: dict,
     async def chat_completions(body: ChatRequest):
         _check_model(body.model)
         tok = tokenizers[body.model]
-        ids = tok.apply_chat_template([m.model_dump() for m in body.messages], tokenize=True,
+        ids = tok.apply_chat_template([m.model_dump(exclude_none=True) for m in body.messages],
+                                      tokenize=True,
                                       add_generation_prompt=True)
         ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
         return await _generate(body, ids, chat=True)

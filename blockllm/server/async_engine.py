@@ -68,11 +68,11 @@ class AsyncEngine:
             hook(req)
 
     def submit(self, model: str, prompt: list[int], params, max_tokens: int,
-               stop_ids=None) -> tuple[Request, asyncio.Queue]:
+               stop_ids=None, min_tokens: int = 0) -> tuple[Request, asyncio.Queue]:
         loop = asyncio.get_running_loop()
         q: asyncio.Queue = asyncio.Queue()
         with self.lock:
-            req = self.engine.submit(model, prompt, params, max_tokens, stop_ids)
+            req = self.engine.submit(model, prompt, params, max_tokens, stop_ids, min_tokens)
             self._queues[req.id] = (loop, q)
         self._wake.set()
         return req, q
