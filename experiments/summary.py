@@ -29,7 +29,11 @@ def summarize(path: Path) -> dict:
            "requests": len(df), "ok": len(ok), "tokens_per_s": ok["tokens"].sum() / h["wall_s"],
            "util_mean": float(s["util"].mean()) if len(s) else None,
            "mem_peak": float(s["mem"].max()) if len(s) else None, "sampler": h["sampler"],
-           "preemptions": h.get("preemptions"), "cold_loads": h.get("cold_loads")}
+           "preemptions": h.get("preemptions"), "cold_loads": h.get("cold_loads"),
+           # requests answered with another token count than the trace asked for: a system
+           # that generated less did less work, so its latencies do not compare (headline flags)
+           "tokens_off": int((ok["tokens"] != ok["requested"]).sum())
+           if "requested" in ok else None}
     for col in ("ttft", "tpot", "e2e"):
         for q in (50, 95, 99):
             row[f"{col}_p{q}"] = float(ok[col].quantile(q / 100)) if len(ok) else None

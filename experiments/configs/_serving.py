@@ -29,10 +29,42 @@ class Point:
     zoo: str | None = None  # None: the zoo given to run_points
 
 
+VLLM = ("vllm_per_model", "vllm_lora")  # the peers, where they apply (see `applies`)
+
+
+def applies(system: str, scale: str, zoo: str | None, models: list[str]) -> str | None:
+    """Why `system` does not run at this point (None: it does). vLLM needs the peer venv and
+    real tokenizers (the toy scale's byte tokenizer is ours only); multi-LoRA needs LoRA
+    models."""
+    if not system.startswith("vllm"):
+        return None
+    if scale == "toy":
+        return "toy models have no HF tokenizer"
+    from baselines.vllm_deploy import peers_python
+    from blockllm.errors import UserError
+    try:
+        peers_python()
+    except UserError as e:
+        return str(e)
+    if system == "vllm_lora":
+        from blockllm.zoo.store import Zoo
+        z = Zoo(zoo)
+        if not any(e.adapter for m in models for e in z.chain(m)):
+            return "no LoRA model is served"
+    return None
+
+
 def run_points(experiment: str, scale: str, points: list[Point], out: Path, zoo: str | None,
                models: list[str]) -> list[Path]:
     prompts = load_prompts(prompt_set(out / "traces" / "prompts.json"))
-    jobs = [(p, system) for p in points for system in p.systems]
+    jobs = []
+    for p in points:
+        for system in p.systems:
+            why = applies(system, scale, p.zoo or zoo, list(p.models or models))
+            if why is None:
+                jobs.append((p, system))
+            else:
+                tqdm.write(f"{experiment}[{scale}] {p.tag}: skipping {system}: {why}")
     paths, traces = [], {}
     for p, system in tqdm(jobs, desc=f"{experiment}[{scale}]"):
         if p.tag not in traces:

@@ -32,6 +32,6 @@ def run(scale: str, out: Path, zoo: str | None, models: list[str]) -> list[Path]
     pts = [Point(f"cv{cv:g}", {"rate": s.rate, "cv": cv},
                  WorkloadConfig(n_requests=s.n_requests, rate=s.rate, arrival="gamma", cv=cv,
                                 max_tokens=s.max_tokens, popularity="uniform", seed=2),
-                 ("blockllm", "per_model"), budgets(s.memory_budget, s.kv_budget))
+                 ("blockllm", "vllm_per_model", "per_model"), budgets(s.memory_budget, s.kv_budget))
            for cv in s.cvs]
     return run_points("burstiness", scale, pts, out, zoo, models)

@@ -1,4 +1,5 @@
-"""Experiment 1: p95 latency and utilization vs request rate: blockllm vs per-model serving vs
+"""Experiment 1: p95 latency and utilization vs request rate: blockllm vs vLLM (one server per
+model, and multi-LoRA where variants are adapters) vs per-model serving on our engine vs
 transformers generate() (static batching).
 
 Same trace (per rate), same memory and KV budgets, servers started on localhost by the harness.
@@ -9,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.configs._serving import Point, budgets, run_points
+from experiments.configs._serving import VLLM, Point, budgets, run_points
 from experiments.workloads import WorkloadConfig
 
-SYSTEMS = ("blockllm", "per_model", "hf_generate")
+SYSTEMS = ("blockllm", *VLLM, "per_model", "hf_generate")
 
 
 @dataclass(frozen=True)
