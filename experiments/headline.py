@@ -49,8 +49,11 @@ def serving_rows(runs: Path, experiment: str, x: str, xlabel: str) -> list[str]:
     peak memory; blockllm's p95 against the best peer and against per_model."""
     from experiments.summary import table
     df = table(largest_scale(runs, experiment, "jsonl"))
+    by = ["budget", x] if "budget" in df and df["budget"].notna().all() else [x]
     cells, off = [], []
-    for value, g in df.groupby(x):
+    for key, g in df.groupby(by):
+        value = key[-1]
+        where = f"{key[0]} weights" if len(by) == 2 else ""
         peer, peer_p95 = best_peer(g)
         pm = g[g["system"] == "per_model"]["e2e_p95"]
         for _, r in g.sort_values("system").iterrows():
@@ -59,7 +62,7 @@ def serving_rows(runs: Path, experiment: str, x: str, xlabel: str) -> list[str]:
             vs_pm = _vs(r["e2e_p95"], float(pm.iloc[0])) if ours and len(pm) else ""
             if r.get("tokens_off"):
                 off.append(f"{r['system']} at {x}={value:g}: {r['tokens_off']} requests")
-            cells.append([f"{value:g}", r["system"], f"{r['e2e_p50']:.2f}",
+            cells.append([where, f"{value:g}", r["system"], f"{r['e2e_p50']:.2f}",
                           f"{r['e2e_p95']:.2f}", f"{r['ttft_p50']:.2f}",
                           f"{1000 * r['tpot_p50']:.0f}", f"{r['tokens_per_s']:.1f}",
                           f"{r['util_mean']:.2f}", f"{r['mem_peak'] / 2**30:.2f}",
@@ -68,7 +71,7 @@ def serving_rows(runs: Path, experiment: str, x: str, xlabel: str) -> list[str]:
     if off:
         notes.append("**Unequal work** (generated another token count than asked; their "
                      "latencies do not compare): " + "; ".join(off))
-    return _table([xlabel, "system", "p50 e2e (s)", "p95 e2e (s)", "p50 TTFT (s)",
+    return _table(["budget", xlabel, "system", "p50 e2e (s)", "p95 e2e (s)", "p50 TTFT (s)",
                    "p50 TPOT (ms)", "tokens/s", "mean util", "peak mem (GiB)",
                    "blockllm p95 vs best peer", "vs per_model"], cells) + notes
 

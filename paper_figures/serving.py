@@ -36,7 +36,8 @@ def draw_lines(results: Path, out_dir: Path, experiment: str) -> list[Path]:
     for ax, (y, ylabel) in zip(axes, [("e2e_p95", "p95 end-to-end latency (s)"),
                                       ("tokens_per_s", "throughput (tokens/s)"),
                                       ("util_mean", f"mean {_util_label(df)} utilization")]):
-        sns.lineplot(df, x=x, y=y, hue="system", marker="o", ax=ax)
+        style = "budget" if "budget" in df and df["budget"].notna().all() else None
+        sns.lineplot(df, x=x, y=y, hue="system", style=style, marker="o", ax=ax)
         ax.set(xlabel=xlabel, ylabel=ylabel)
     axes[0].set_title(title)
     if experiment == "scaling":
