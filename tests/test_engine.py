@@ -76,7 +76,10 @@ def test_shared_blocks_batch_requests_of_several_models(zoo4):
     assert eng.hosts[0].has(base_embed), "base, ft and lora share one embedding worker"
     shared = Engine(zoo, zoo.models(), EngineConfig())
     alone = Engine(zoo, zoo.models(), EngineConfig(share_blocks=False))
-    assert len(shared.kv.tables) < len(alone.kv.tables)
+
+    def kv_layers(e):  # decoder layers that hold KV: shared layers hold it once
+        return sum(e.info[e.entry_of[k][0].block].signature["n_layers"] for k in e.kv.tables)
+    assert kv_layers(shared) == 3 + 1 + 3 < kv_layers(alone) == 4 * 3
 
 
 def test_stop_tokens_abort_and_bad_requests(zoo4):
@@ -154,15 +157,21 @@ def test_engine_serves_measured_equivalent_chains_within_budget(tmp_path):
     opts = {o.label: o for o in measure_options(zoo, "near", calib.hash, 4, (0.05,), False)}
     assert opts["t=0.05"].chain == tuple(zoo.chain("base"))
     plain = Engine(zoo, ["base", "near"], EngineConfig())
-    assert plain.submit("near", [5, 6], max_tokens=2).chain == tuple(zoo.chain("near"))
+    assert _blocks(plain.submit("near", [5, 6], max_tokens=2).chain) == zoo.chain("near")
     eng = Engine(zoo, ["base", "near"], EngineConfig(use_equivalence=True))
     r = eng.submit("near", [5, 6], max_tokens=2)
-    assert r.chain == tuple(zoo.chain("base"))
+    assert _blocks(r.chain) == zoo.chain("base") and r.chain == eng.chains["base"]
     from blockllm.zoo.evidence import set_budget
     set_budget(zoo, "near", -0.0)
     if opts["t=0.05"].drop_points > 0:  # a zero budget forbids any measured drop
-        assert Engine(zoo, ["near"], EngineConfig(use_equivalence=True)).submit(
-            "near", [5], max_tokens=1).chain == tuple(zoo.chain("near"))
+        assert _blocks(Engine(zoo, ["near"], EngineConfig(use_equivalence=True)).submit(
+            "near", [5], max_tokens=1).chain) == zoo.chain("near")
+
+
+def _blocks(chain) -> list:
+    """A request's chain as the zoo's entries (its segments' parts in order)."""
+    from blockllm.runtime.segments import Segment
+    return [p for e in chain for p in (e.parts if isinstance(e, Segment) else (e,))]
 
 
 def test_a_failing_block_ends_its_batch_frees_its_kv_and_the_engine_keeps_serving(zoo4):
@@ -174,7 +183,7 @@ def test_a_failing_block_ends_its_batch_frees_its_kv_and_the_engine_keeps_servin
         eng.submit(m, p, max_tokens=2, stop_ids=frozenset())
     while eng.has_work():
         eng.step()  # every block loaded once
-    key = eng.key("base", zoo.chain("base")[2])
+    key = eng.key("base", eng.chains["base"][1])  # a segment base shares with ft and lora
 
     def broken(*a, **k):
         raise RuntimeError("device lost")
@@ -194,17 +203,19 @@ def test_a_failing_block_ends_its_batch_frees_its_kv_and_the_engine_keeps_servin
     assert again.output == ref["base"][0] and workers[key].run != broken  # reloaded
 
 
-def test_kv_pools_stay_within_the_kv_budget_whatever_the_layers_per_block(tmp_path):
-    """Each pool holds every layer of its block: the budget counts them all."""
+@pytest.mark.parametrize("segments", [True, False])
+def test_kv_pools_stay_within_the_kv_budget_whatever_the_layers_per_block(tmp_path, segments):
+    """Each pool holds every layer of its block (or segment): the budget counts them all."""
     zoo = Zoo(tmp_path / "zoo")
     add_source(zoo, tiny_source(seed=0), "one", layers_per_block=1)
     add_source(zoo, tiny_source(seed=1), "two", layers_per_block=2)
     budget = 64 * PAGE
-    eng = Engine(zoo, zoo.models(), EngineConfig(kv_budget=budget))
+    eng = Engine(zoo, zoo.models(), EngineConfig(kv_budget=budget, segments=segments))
     eng.generate("two", [PROMPTS[0]], 2)
     eng.generate("one", [PROMPTS[0]], 2)
     pools = list(eng.hosts[0].pools.values())
-    assert len(pools) == 3 + 2  # a pool per decoder block: 3 of one layer; one of 2, one of 1
+    # a pool per segment: all 3 layers of each model; per block: 3 of one layer, 2 + 1
+    assert len(pools) == (2 if segments else 3 + 2)
     used = sum(p.kv.numel() * p.kv.element_size() for p in pools)
     assert used <= budget and used > budget * 0.8, (used, budget)
 

@@ -91,6 +91,7 @@ def serve(zoo_dir, models, memory_budget, kv_budget, device, devices, backend, p
     zoo = Zoo(zoo_dir)
     names = [m.strip() for m in models.split(",") if m.strip()]
     engine = Engine(zoo, names, cfg)
+    engine.warm_up()  # weights loaded and shapes profiled before /health answers
     tokenizers = {m: zoo.tokenizer(m) for m in names}
     aengine = AsyncEngine(engine)
     aengine.start()

@@ -35,6 +35,23 @@ class LoraAdapter:
     def to(self, device: torch.device | str, dtype: torch.dtype) -> LoraAdapter:
         return LoraAdapter({k: v.to(device, dtype) for k, v in self.tensors.items()}, self.scaling)
 
+    @classmethod
+    def stack(cls, parts: list[tuple[LoraAdapter | None, int]]) -> LoraAdapter:
+        """The adapters of consecutive decoder blocks (each with its block's layer count; None
+        where a block has none) as one adapter of the blocks run as one: layers renumbered.
+        One scaling: the parts' own when they agree (one LoRA model's blocks do), else each
+        part's folded into its B."""
+        scales = {a.scaling for a, _ in parts if a is not None}
+        scaling = scales.pop() if len(scales) == 1 else 1.0
+        tensors, offset = {}, 0
+        for a, n in parts:
+            for name, t in (a.tensors.items() if a is not None else ()):
+                _, j, rest = name.split(".", 2)
+                fold = a.scaling / scaling if name.endswith("lora_B") else 1.0
+                tensors[f"layers.{offset + int(j)}.{rest}"] = t if fold == 1.0 else t * fold
+            offset += n
+        return cls(tensors, scaling)
+
 
 @dataclass(frozen=True)
 class LoraSegments:
@@ -46,16 +63,32 @@ class LoraSegments:
     def single(cls, adapter: LoraAdapter | None, n_tokens: int) -> LoraSegments | None:
         return None if adapter is None else cls(((0, n_tokens, adapter),))
 
+    groups: tuple[tuple[torch.Tensor, LoraAdapter], ...] = ()  # (rows, adapter): see below
+
     @classmethod
     def per_sequence(cls, adapters: list[LoraAdapter | None], query_lens: list[int]
                      ) -> LoraSegments | None:
+        """Rows grouped by adapter (Punica-style): one gathered low-rank matmul per adapter in
+        the batch, not one per request. Runs of one adapter stay slices (no gather)."""
         if all(a is None for a in adapters):
             return None
         spans, start = [], 0
         for a, n in zip(adapters, query_lens, strict=True):
-            spans.append((start, start + n, a))
+            if spans and spans[-1][2] is a:
+                spans[-1] = (spans[-1][0], start + n, a)
+            else:
+                spans.append((start, start + n, a))
             start += n
-        return cls(tuple(spans))
+        users: dict[int, list[tuple[int, int]]] = {}
+        for s, e, a in spans:
+            if a is not None:
+                users.setdefault(id(a), []).append((s, e))
+        if all(len(u) == 1 for u in users.values()):
+            return cls(tuple(spans))
+        by_id = {id(a): a for _, _, a in spans if a is not None}
+        groups = tuple((torch.cat([torch.arange(s, e) for s, e in rows]), by_id[k])
+                       for k, rows in users.items())
+        return cls((), groups)
 
     def add_delta(self, y: torch.Tensor, x: torch.Tensor, layer: int, module: str) -> torch.Tensor:
         """y: (T, out) base output; x: (T, in) its input. Adds each span's low-rank delta."""
@@ -65,6 +98,12 @@ class LoraSegments:
                 continue
             a, b = pair
             y[start:end] += adapter.scaling * ((x[start:end] @ a.T) @ b.T)
+        for rows, adapter in self.groups:
+            pair = adapter.pair(layer, module)
+            if pair is not None:
+                a, b = pair
+                rows = rows.to(y.device)
+                y.index_add_(0, rows, adapter.scaling * ((x[rows] @ a.T) @ b.T))
         return y
 
 

@@ -20,6 +20,9 @@ class EngineConfig:
     use_equivalence: bool = False  # serve measured equivalent chains within each model's budget
     max_waiting: int = 1024  # requests queued before admission; more are refused (backpressure)
     residency_unit: str = "block"  # block | model: load and evict whole models (per-model baseline)
+    segments: bool = True  # run each maximal run of decoder blocks that the same chains share
+    #                        as one block (runtime/segments.py); False (ablation): one call per
+    #                        zoo block
     wave_wait_s: float = 1.0  # shared blocks run in waves (earliest chain position first);
     #                           a request queued longer than this at a block goes first
     devices: int = 1  # hosts: cuda:0..N-1 with device=cuda; N hosts sharing one CPU with cpu

@@ -32,6 +32,7 @@ from blockllm.runtime.moves import replan
 from blockllm.runtime.request import Request, State
 from blockllm.runtime.residency import Residency
 from blockllm.runtime.routing import set_keys
+from blockllm.runtime.segments import parts_of, segment_served
 from blockllm.runtime.scheduling import (
     Inflight,
     admit,
@@ -58,6 +59,10 @@ class Engine:
         for chain in self.chains.values():
             self._register(chain)
         self.options = load_options(self) if config.use_equivalence else {}
+        if config.segments:  # decoder runs as segments: one queue, KV pool and call each
+            self.chains, self.options = segment_served(
+                self.chains, self.options, self.info, config.share_blocks,
+                config.memory_budget // 2)
         self.hosts = make_hosts(zoo, config)
         self.cluster = topology(self.hosts, config)  # which devices share a server's links
         self.replicas, self.where, self.entry_of = key_layout(self, place_keys(self))
@@ -78,7 +83,8 @@ class Engine:
         self.on_token: Callable[[Request, int], None] | None = None
         self.on_finish: Callable[[Request], None] | None = None
         # step_seconds = block_seconds (inside block calls) + load_seconds + the engine's own work
-        self.counters = {"steps": 0, "preemptions": 0, "deadlocks": 0, "cold_loads": 0,
+        self.counters = {"steps": 0, "block_calls": 0, "tokens": 0, "preemptions": 0,
+                         "deadlocks": 0, "cold_loads": 0,
                          "block_failures": 0, "step_seconds": 0.0, "block_seconds": 0.0,
                          "load_seconds": 0.0, "prefetches": 0, "prefetch_hits": 0,
                          "prefetch_wasted": 0, "moves": 0}
@@ -130,6 +136,7 @@ class Engine:
             for bid in (e.block, e.adapter):
                 if bid and bid not in self.info:
                     self.info[bid] = self.zoo.block_info(bid)
+
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -239,11 +246,16 @@ class Engine:
         self.waiting.appendleft(req)
         self.counters["preemptions"] += 1
 
-    def _after_head(self, req: Request, logits: torch.Tensor) -> None:
-        if len(req.output) < req.min_tokens and req.stop_ids:
-            logits = logits.index_fill(0, torch.tensor(sorted(req.stop_ids)), float("-inf"))
-        token = sample(logits, req.params, req.generator)
+    def _after_head(self, req: Request, out: int | torch.Tensor) -> None:
+        """`out`: the token picked on the device (greedy), or the logits to sample from."""
+        if isinstance(out, int):
+            token = out
+        else:
+            if len(req.output) < req.min_tokens and req.stop_ids:
+                out = out.index_fill(0, torch.tensor(sorted(req.stop_ids)), float("-inf"))
+            token = sample(out, req.params, req.generator)
         req.output.append(token)
+        self.counters["tokens"] += 1
         req.token_times.append(time.perf_counter())
         if self.on_token is not None:
             self.on_token(req, token)
@@ -268,9 +280,28 @@ class Engine:
         """Load the block on its device (a decoder's KV pool with it, the first time);
         wait=False: speculatively, in the background (see runtime.speculation)."""
         pages = self.kv.tables[key].num_pages if key in self.kv.tables else 0
-        self.hosts[self.where[key]].load(key, entry.block, self.models[model], pages,
+        self.hosts[self.where[key]].load(key, parts_of(entry), self.models[model], pages,
                                          self.cfg.page_size, wait)
         self.counters["cold_loads"] += 1
+
+    def warm_up(self) -> None:
+        """Before serving: load what fits each device's budget, in chain order, and profile
+        each block shape's latency curve (its batch limit) on it, so that no request pays for
+        a profile (measured: the first run at 2 req/s was 2.5x slower than the next when
+        shapes were profiled inside serving steps). Blocks that do not fit load on demand."""
+        for m in self.models:
+            for e in self.chains[m]:
+                key = self.key(m, e)
+                for r in self.replicas[key]:
+                    mem, size = self.residency(r), self.info[e.block].nbytes
+                    if not mem.resident(r) and mem.used + size <= mem.budget:
+                        try:
+                            self.load(r, e, m)
+                        except UserError:  # a corrupt block fails its requests, by name, later
+                            continue
+                        mem.add(r, size)
+                if self.resident(key):
+                    self.limit(key, e)
 
     def limit(self, key: Hashable, entry: ChainEntry) -> int:
         """The block's batch limit in tokens: fixed, or from its shape's latency curve."""

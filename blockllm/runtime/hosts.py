@@ -24,6 +24,7 @@ from blockllm.models.config import LlamaConfig
 from blockllm.models.kv_cache import KVLayout, KVPool
 from blockllm.models.lora import LoraAdapter
 from blockllm.runtime.workers import BlockWorker, new_pool, profile_latency
+from blockllm.zoo.partition import Block, concat_decoders
 from blockllm.zoo.store import Zoo
 
 
@@ -36,6 +37,9 @@ class BatchCall:
     adapters: tuple[str | None, ...] | None = None  # per request LoRA adapter id
     tied_key: Hashable | None = None  # a tied head: the key of the embedding it reads
     kind: str = ""  # the block's kind (embed, decoder, stitch, head)
+    greedy: tuple[tuple[int, ...] | None, ...] | None = None  # head: per request, the token
+    #   ids it may not pick (argmax on the device, only the id comes back), or None (its
+    #   logits come back to be sampled with its own generator)
 
 
 class LocalHost:
@@ -47,26 +51,34 @@ class LocalHost:
         self.server = "local"  # the machine: every local host shares this process's links
         self.workers: dict[Hashable, BlockWorker] = {}
         self.pools: dict[Hashable, object] = {}  # decoder key -> KVPool (kept across reloads)
-        self.adapters: dict[str, LoraAdapter] = {}
+        self.adapters: dict[str | tuple, LoraAdapter] = {}  # by adapter id, or a segment's ids
+        self.part_layers: dict[Hashable, list[int]] = {}  # decoder key -> layers of each part
         self._pending: dict[Hashable, tuple[Future, tuple]] = {}  # key -> (read, build args)
         self._reader: ThreadPoolExecutor | None = None
 
     # ---- what the engine tells it -------------------------------------------------------
 
-    def load(self, key: Hashable, block_id: str, cfg: LlamaConfig, kv_pages: int = 0,
+    def load(self, key: Hashable, parts: tuple[str, ...], cfg: LlamaConfig, kv_pages: int = 0,
              page_size: int = 16, wait: bool = True) -> None:
-        """Build the block's worker from the zoo (hash-checked) and, for a decoder block seen
+        """Build the worker of the zoo blocks `parts` (one block, or the decoder blocks of a
+        segment, run as one: runtime/segments.py), each hash-checked, and, for a decoder seen
         for the first time, its KV pool of `kv_pages` pages. `wait=False` (a speculative
-        load): the file is read and hashed on a background thread while blocks compute; the
+        load): the files are read and hashed on a background thread while blocks compute; the
         first call that needs the block waits for it, and gets its error if it failed."""
-        row = self.zoo.block_info(block_id)  # the manifest is read on this thread only
+        rows = [self.zoo.block_info(b) for b in parts]  # the manifest: this thread only
+        if rows[0].kind == "decoder":
+            self.part_layers[key] = [r.signature["n_layers"] for r in rows]
         if wait:
-            self._build(key, self.zoo.read_block(row), (cfg, kv_pages, page_size))
+            self._build(key, self._read(rows), (cfg, kv_pages, page_size))
             return
         if self._reader is None:
             self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"blockllm-load-{self.index}")
-        self._pending[key] = (self._reader.submit(self.zoo.read_block, row),
-                              (cfg, kv_pages, page_size))
+        self._pending[key] = (self._reader.submit(self._read, rows), (cfg, kv_pages, page_size))
+
+    def _read(self, rows: list) -> Block:
+        blocks = [self.zoo.read_block(r) for r in rows]
+        return blocks[0] if len(blocks) == 1 else concat_decoders(blocks, "+".join(
+            b.id[:12] for b in blocks))
 
     def _build(self, key: Hashable, block, args: tuple) -> None:
         cfg, kv_pages, page_size = args
@@ -136,15 +148,22 @@ class LocalHost:
             tied = self.workers[call.tied_key].module.embed_tokens.weight
         adapters = None
         if call.adapters and any(call.adapters):
-            adapters = [self._adapter(a) if a else None for a in call.adapters]
+            adapters = [self._adapter(a, call.key) if a else None for a in call.adapters]
         attn = call.attn.to(self.device) if call.attn is not None else None
         # one batch may gather hidden states from blocks on different devices
         inputs = [x.to(self.device) for x in call.inputs]
-        return worker.run(inputs, self.pools.get(call.key), attn, adapters, tied)
+        return worker.run(inputs, self.pools.get(call.key), attn, adapters, tied, call.greedy)
 
-    def _adapter(self, adapter_id: str) -> LoraAdapter:
-        if adapter_id not in self.adapters:
-            blk = self.zoo.load_block(adapter_id)
-            self.adapters[adapter_id] = LoraAdapter(blk.tensors, blk.signature["scaling"]).to(
-                self.device, self.dtype)
-        return self.adapters[adapter_id]
+    def _adapter(self, spec: str | tuple[str | None, ...], key: Hashable) -> LoraAdapter:
+        """An adapter block on this device, or for a segment (`spec`: the adapter of each of
+        its parts) those parts' adapters as one, layers renumbered along the segment."""
+        if spec not in self.adapters:
+            if isinstance(spec, str):
+                blk = self.zoo.load_block(spec)
+                adapter = LoraAdapter(blk.tensors, blk.signature["scaling"])
+            else:
+                adapter = LoraAdapter.stack([(self._adapter(a, key) if a else None, n)
+                                             for a, n in zip(spec, self.part_layers[key],
+                                                             strict=True)])
+            self.adapters[spec] = adapter.to(self.device, self.dtype)
+        return self.adapters[spec]

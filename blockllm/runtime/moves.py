@@ -24,6 +24,7 @@ from collections.abc import Hashable
 
 from blockllm.runtime.devices import base_key, is_tied, place_keys, replica_index, replica_key
 from blockllm.runtime.residency import OverBudget
+from blockllm.runtime.segments import parts_of
 
 
 def _group(engine, key: Hashable) -> list[Hashable]:
@@ -70,7 +71,7 @@ def _move_one(engine, key: Hashable, dst: int, entry_model: tuple,
         for k in evict:
             engine.evict(k)
         pages = engine.kv.tables[key].num_pages if key in engine.kv.tables else 0
-        engine.hosts[dst].load(key, entry.block, engine.models[model], pages,
+        engine.hosts[dst].load(key, parts_of(entry), engine.models[model], pages,
                                engine.cfg.page_size)
         new.add(key, old.size(key))
     pool = engine.hosts[src].take_pool(key)

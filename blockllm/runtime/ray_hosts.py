@@ -32,8 +32,8 @@ class _DeviceActor:
             torch.set_num_threads(threads)
         self.host = LocalHost(zoo_root, device, dtype, index)
 
-    def load(self, key, block_id, cfg, kv_pages, page_size, wait):
-        self.host.load(key, block_id, cfg, kv_pages, page_size, wait)
+    def load(self, key, parts, cfg, kv_pages, page_size, wait):
+        self.host.load(key, parts, cfg, kv_pages, page_size, wait)
 
     def drop(self, key):
         self.host.drop(key)
@@ -52,6 +52,7 @@ class _DeviceActor:
         """(None, output per request), or (the exception, None per request): one return
         value each, so every output is its own object the next actor can fetch."""
         import ray
+        import torch
         refs = [i for i, x in enumerate(call.inputs) if isinstance(x, ray.ObjectRef)]
         n = len(call.inputs)
         try:
@@ -60,7 +61,8 @@ class _DeviceActor:
                 for i, x in zip(refs, ray.get([inputs[i] for i in refs]), strict=True):
                     inputs[i] = x
                 call = dataclasses.replace(call, inputs=inputs)
-            outs = [o.cpu() for o in self.host.run(call)]  # GPU tensors leave the device here
+            outs = [o.cpu() if isinstance(o, torch.Tensor) else o  # GPU tensors leave the
+                    for o in self.host.run(call)]  # device here; token ids are ints
         except Exception as e:  # noqa: BLE001 - handed back to the engine, which isolates it
             return (e, *([None] * n))
         return (None, *outs)
@@ -81,11 +83,11 @@ class RayHost:
         self.actor, self.index, self.server = actor, index, server  # server: its Ray node
         self._loaded: set[Hashable] = set()
 
-    def load(self, key, block_id, cfg, kv_pages=0, page_size=16, wait=True) -> None:
+    def load(self, key, parts, cfg, kv_pages=0, page_size=16, wait=True) -> None:
         """As LocalHost.load. wait=False returns at once; the actor reads the block on its
         own background thread, and its first run of the block waits for it."""
         import ray
-        ref = self.actor.load.remote(key, block_id, cfg, kv_pages, page_size, wait)
+        ref = self.actor.load.remote(key, parts, cfg, kv_pages, page_size, wait)
         if wait:
             try:  # a corrupt block fails here, by name, as it does locally
                 ray.get(ref)

@@ -149,14 +149,16 @@ def take(engine, key: Hashable) -> list[Request]:
     head = next(r for _, r in q if _can_run(engine, key, r))
     try:
         cold = _ensure_resident(engine, key, head)
+        limit = engine.limit(key, head.chain[head.stage])  # may profile: a first use
     except (OverBudget, CorruptBlock) as e:  # the block cannot run: end its requests, say why
         for _, r in list(q):
             engine.abort(r, f"error: {e}")
+        if engine.resident(key):  # a speculative load that failed: read it again next time
+            engine.evict(key)
         return []
     if key in engine.speculative:  # a speculative load that paid off
         engine.speculative.discard(key)
         engine.counters["prefetch_hits"] += 1
-    limit = engine.limit(key, head.chain[head.stage])
     batch, tokens = [], 0
     for item in list(q):
         req = item[1]
@@ -202,7 +204,12 @@ def launch(engine, device: int, key: Hashable, reqs: list[Request]) -> None:
                                   [len(r.feed) for r in reqs])
         ids = tuple(r.chain[r.stage].adapter for r in reqs)
         adapters = ids if any(ids) else None
-    call = BatchCall(key, inputs, attn, adapters, engine.tied_embed_key(key, reqs[0]), kind)
+    greedy = None
+    if kind == "head":  # greedy requests get their token picked on the device
+        greedy = tuple((tuple(sorted(r.stop_ids)) if len(r.output) < r.min_tokens else ())
+                       if r.params.greedy else None for r in reqs)
+    call = BatchCall(key, inputs, attn, adapters, engine.tied_embed_key(key, reqs[0]), kind,
+                     greedy)
     # a request preempted or ended while its batch runs gets a new epoch: its output is void
     epochs = [(r.preemptions, r.state) for r in reqs]
     t0 = time.perf_counter()
@@ -213,6 +220,7 @@ def launch(engine, device: int, key: Hashable, reqs: list[Request]) -> None:
         engine.block_failed(key, reqs, e)
         return
     engine.inflight[device] = Inflight(key, kind, reqs, epochs, handle, t0)
+    engine.counters["block_calls"] += 1
 
 
 def finish_ready(engine) -> None:

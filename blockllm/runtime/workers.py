@@ -36,10 +36,13 @@ class BlockWorker:
     @torch.inference_mode()
     def run(self, inputs: list[torch.Tensor], pool: KVPool | None = None,
             attn: AttnBatch | None = None, adapters: list[LoraAdapter | None] | None = None,
-            tied_weight: torch.Tensor | None = None) -> list[torch.Tensor]:
+            tied_weight: torch.Tensor | None = None,
+            greedy: tuple[tuple[int, ...] | None, ...] | None = None) -> list:
         """One batched call. inputs[i]: ids (n_i,) or hidden (n_i, h). Returns per-request
-        outputs: hidden (n_i, h), or for the head the logits of each last token (vocab,).
-        Decoder blocks take `attn`, this step's slots and page tables in `pool`, on the device."""
+        outputs: hidden (n_i, h); for the head, each last token's logits (vocab,), or where
+        `greedy[i]` is set the argmax token id (an int) with those ids masked out, picked on
+        the device for the whole batch at once. Decoder blocks take `attn`, this step's
+        slots and page tables in `pool`, on the device."""
         lens = [x.shape[0] for x in inputs]
         x = torch.cat(inputs).to(self.device)
         if self.kind == "embed":
@@ -48,13 +51,34 @@ class BlockWorker:
             if tied_weight is not None:
                 self.module.tied_weight = tied_weight
             last = torch.tensor(lens, device=self.device).cumsum(0) - 1
-            return list(self.module(x[last]).float().cpu())
+            return pick(self.module(x[last]), greedy)
         elif self.kind == "stitch":
             y = self.module(x)
         else:
             lora = LoraSegments.per_sequence(adapters, lens) if adapters else None
             y = self.module(x, pool, attn, lora)
         return list(y.split(lens))
+
+
+def pick(logits: torch.Tensor, greedy: tuple[tuple[int, ...] | None, ...] | None) -> list:
+    """Per row of (B, vocab) logits: the argmax id where greedy[b] is set (its ids masked to
+    -inf first), else the row's logits on the host."""
+    if greedy is None:
+        return list(logits.float().cpu())
+    out: list = [None] * len(greedy)
+    rows = [b for b, g in enumerate(greedy) if g is not None]
+    if rows:
+        sub = logits[rows]
+        for j, b in enumerate(rows):
+            if greedy[b]:
+                sub[j, list(greedy[b])] = float("-inf")
+        for b, token in zip(rows, sub.argmax(-1).tolist(), strict=True):
+            out[b] = token
+    rest = [b for b, g in enumerate(greedy) if g is None]
+    if rest:
+        for b, row in zip(rest, logits[rest].float().cpu(), strict=True):
+            out[b] = row
+    return out
 
 
 def new_pool(cfg: LlamaConfig, n_layers: int, pages: int, page_size: int, dtype: torch.dtype,

@@ -114,3 +114,18 @@ def adapter_blocks(adapter: LoraSource | None, cfg: LlamaConfig, layers_per_bloc
                    scaling=adapter.scaling)
         out.append(make_block("lora", sig, tensors))
     return out
+
+
+def concat_decoders(blocks: list[Block], block_id: str) -> Block:
+    """Decoder blocks run back to back as one block (a segment, see runtime/segments.py): their
+    layers renumbered in order, `layers.{offset + j}`. Each part was hash-checked when read;
+    the result is named `block_id`, not hashed again."""
+    if not blocks or any(b.kind != "decoder" for b in blocks):
+        raise ValueError("only decoder blocks are concatenated")
+    tensors, offset = {}, 0
+    for b in blocks:
+        for name, t in b.tensors.items():
+            _, j, rest = name.split(".", 2)
+            tensors[f"layers.{offset + int(j)}.{rest}"] = t
+        offset += b.signature["n_layers"]
+    return Block("decoder", {**blocks[0].signature, "n_layers": offset}, tensors, block_id)
