@@ -90,10 +90,13 @@ def serve(zoo_dir, models, memory_budget, kv_budget, device, devices, backend, p
         raise UserError(f"bad engine setting: {e}") from e
     zoo = Zoo(zoo_dir)
     names = [m.strip() for m in models.split(",") if m.strip()]
-    engine = Engine(zoo, names, cfg)
-    engine.warm_up()  # weights loaded and shapes profiled before /health answers
     tokenizers = {m: zoo.tokenizer(m) for m in names}
-    aengine = AsyncEngine(engine)
+
+    def make_engine() -> Engine:  # on the engine's thread: weights loaded and shapes
+        engine = Engine(Zoo(zoo_dir), names, cfg)  # profiled before /health answers
+        engine.warm_up()
+        return engine
+    aengine = AsyncEngine(make_engine)
     aengine.start()
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         click.echo(f"warning: listening on {host} without --api-key: anyone who can reach "

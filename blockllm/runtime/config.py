@@ -14,6 +14,8 @@ class EngineConfig:
     page_size: int = 16  # tokens per KV page
     share_blocks: bool = True  # False (ablation): every model runs its own copy of each block
     coordinate_kv: bool = True  # False (ablation): reserve KV block by block, not chain-wide
+    prefill_chunk: int | None = 64  # chunked prefill: at most this many prompt tokens per
+    #                                 pass, decodes batched first (None: whole prompts)
     batch_tokens: int | None = None  # fixed tokens per block call (ablation); None: profiled
     latency_target_s: float | None = None  # per-call latency target for the profiled limit;
     #                                        None picks the knee of the throughput curve
@@ -48,6 +50,8 @@ class EngineConfig:
     def __post_init__(self):
         if self.page_size < 1 or self.kv_budget <= 0 or self.memory_budget <= 0:
             raise ValueError("page_size, kv_budget and memory_budget must be positive")
+        if self.prefill_chunk is not None and self.prefill_chunk < 1:
+            raise ValueError("prefill_chunk must be >= 1")
         if self.batch_tokens is not None and self.batch_tokens < 1:
             raise ValueError("batch_tokens must be >= 1")
         if self.residency_unit not in ("block", "model"):

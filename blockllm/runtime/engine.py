@@ -146,6 +146,21 @@ class Engine:
         """Queue a request. stop_ids: the tokens that end it (None: the model's EOS ids; empty:
         never, as vLLM's ignore_eos); min_tokens: those tokens cannot be sampled before this
         many tokens were generated (their logits are masked, as vLLM does)."""
+        self.check(model, prompt, max_tokens, min_tokens, len(self.waiting))
+        cfg = self.models[model]
+        stop = frozenset(cfg.eos_token_ids) if stop_ids is None else stop_ids
+        req = Request(next(self._ids), model, list(prompt), params, max_tokens, stop,
+                      assemble_chain(self, model), min_tokens=min_tokens,
+                      chunk=self.cfg.prefill_chunk)
+        set_keys(self, req, tuple(self.key(model, e) for e in req.chain))  # routed at admission
+        self.waiting.append(req)
+        self.served[model] = self.served.get(model, 0) + 1
+        return req
+
+    def check(self, model: str, prompt: list[int], max_tokens: int, min_tokens: int,
+              waiting: int) -> None:
+        """What a request's own fields can break, and the backlog (`waiting` requests): a
+        UserError or Busy naming it. Reads only the configuration: any thread may call it."""
         if model not in self.models:
             raise UserError(f"model {model!r} is not served (served: {', '.join(self.models)})")
         cfg = self.models[model]
@@ -158,16 +173,18 @@ class Engine:
         if len(prompt) + max_tokens > cfg.max_position_embeddings:
             raise UserError(f"prompt of {len(prompt)} tokens + max_tokens {max_tokens} exceeds "
                             f"the context length {cfg.max_position_embeddings}")
-        if len(self.waiting) >= self.cfg.max_waiting:
-            raise Busy(f"the server is busy: {len(self.waiting)} requests are waiting "
+        if waiting >= self.cfg.max_waiting:
+            raise Busy(f"the server is busy: {waiting} requests are waiting "
                        f"(max_waiting {self.cfg.max_waiting}); retry later")
-        stop = frozenset(cfg.eos_token_ids) if stop_ids is None else stop_ids
-        req = Request(next(self._ids), model, list(prompt), params, max_tokens, stop,
-                      assemble_chain(self, model), min_tokens=min_tokens)
-        set_keys(self, req, tuple(self.key(model, e) for e in req.chain))  # routed at admission
-        self.waiting.append(req)
-        self.served[model] = self.served.get(model, 0) + 1
-        return req
+
+    def snapshot(self) -> dict:
+        """What /metrics and /v1/models read, as plain data (taken on the engine's thread)."""
+        return {"queues": {k: len(q) for k, q in self.queues.items()},
+                "last_batch": dict(self.last_batch), "limits": dict(self.limits),
+                "kv_pages_used": {k: self.kv.used_pages(k) for k in self.kv.tables},
+                "resident": {k for r in self.memory for k in r.keys()},
+                "resident_bytes": self.memory_used(), "running": len(self.running),
+                "waiting": len(self.waiting), "counters": dict(self.counters)}
 
     def abort(self, req: Request, reason: str = "abort") -> None:
         if req.state is State.FINISHED:
@@ -264,7 +281,7 @@ class Engine:
             return self._finish(req, "stop")
         if len(req.output) >= req.max_tokens or len(req.context) >= limit:
             return self._finish(req, "length")
-        req.feed, req.stage, req.hidden = [token], 0, None
+        req.next_pass(token)
         reenter(self, req)
 
     def _finish(self, req: Request, reason: str) -> None:
@@ -313,6 +330,8 @@ class Engine:
         if self.cfg.batch_tokens is not None:
             return self.cfg.batch_tokens
         row = self.info[entry.block]
+        if row.kind in ("embed", "head"):  # a lookup, and logits of last tokens only: cheap
+            return 1 << 30
         shape = f"{row.kind}:{sorted(row.signature.items())}"
         if shape not in self._curves:  # one profile per block shape, not per block
             self._curves[shape] = self.hosts[self.where[key]].profile(key)

@@ -28,12 +28,14 @@ class Request:
     stop_ids: frozenset[int]
     chain: tuple[ChainEntry, ...]  # assembled at submission
     min_tokens: int = 0  # stop_ids cannot be sampled before this many output tokens
+    chunk: int | None = None  # chunked prefill: at most this many context tokens per pass
     keys: tuple = ()  # the engine's key of each chain entry (set at submission)
     decoder_keys: tuple = ()  # those of its decoder blocks, in chain order
     output: list[int] = field(default_factory=list)
     state: State = State.WAITING
     stage: int = 0  # index in `chain` of the next block to run
     feed: list[int] = field(default_factory=list)  # tokens of the current pass
+    done: int = 0  # tokens whose KV earlier passes wrote (the current pass writes `feed`)
     hidden: torch.Tensor | None = None  # (len(feed), hidden) between blocks
     finish_reason: str | None = None  # "stop" | "length" | "abort" | "error: ..."
     preemptions: int = 0
@@ -43,7 +45,7 @@ class Request:
     generator: torch.Generator | None = None
 
     def __post_init__(self):
-        self.feed = list(self.prompt)
+        self.feed = self.context[: self.chunk]
         if self.params.seed is not None:
             self.generator = torch.Generator().manual_seed(self.params.seed)
 
@@ -52,10 +54,27 @@ class Request:
         """Every token whose KV the request needs: prompt and output so far."""
         return self.prompt + self.output
 
+    @property
+    def pass_end(self) -> int:
+        """Tokens with KV once the current pass is through every block."""
+        return self.done + len(self.feed)
+
+    @property
+    def prefilling(self) -> bool:
+        """The current pass is a chunk of the context, not its last: no token is sampled."""
+        return self.pass_end < len(self.context)
+
+    def next_pass(self, token: int | None = None) -> None:
+        """Back to the first block: the next chunk of the context, or the token just sampled."""
+        self.done = self.pass_end
+        self.feed = [token] if token is not None else \
+            self.context[self.done: self.done + (self.chunk or len(self.context))]
+        self.stage, self.hidden = 0, None
+
     def restart(self) -> None:
         """Preempted by recompute: its KV is gone; the next pass re-feeds the whole context."""
         self.state = State.WAITING
-        self.stage = 0
-        self.feed = self.context
+        self.stage, self.done = 0, 0
+        self.feed = self.context[: self.chunk]
         self.hidden = None
         self.preemptions += 1

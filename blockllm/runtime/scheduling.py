@@ -48,8 +48,8 @@ def _can_run(engine, key: Hashable, req: Request) -> bool:
     """Uncoordinated mode: a decoder block runs a request only if its pool has room for it."""
     if engine.cfg.coordinate_kv or key not in engine.kv.tables:
         return True
-    table = engine.kv.tables[key]  # after a pass a block holds the request's whole context
-    return table.length(req.id) >= len(req.context) or table.can_append(req.id, len(req.feed))
+    table = engine.kv.tables[key]  # after its pass a block holds the request's pass_end tokens
+    return table.length(req.id) >= req.pass_end or table.can_append(req.id, len(req.feed))
 
 
 def pick(engine, device: int | None = None) -> Hashable | None:
@@ -160,16 +160,18 @@ def take(engine, key: Hashable) -> list[Request]:
         engine.speculative.discard(key)
         engine.counters["prefetch_hits"] += 1
     batch, tokens = [], 0
-    for item in list(q):
+    # decodes first (one token each), then prefill chunks in the room left, as vLLM does:
+    # a long prompt does not stall the requests already generating
+    for item in sorted(q, key=lambda it: len(it[1].feed) > 1):
         req = item[1]
         n = len(req.feed)
         if batch and tokens + n > limit:
-            break
+            continue
         if not _can_run(engine, key, req):
             continue
         if not engine.cfg.coordinate_kv and key in engine.kv.tables:
             table = engine.kv.tables[key]
-            if table.length(req.id) < len(req.context):
+            if table.length(req.id) < req.pass_end:
                 table.append(req.id, n)
         q.remove(item)
         batch.append(req)
@@ -245,6 +247,9 @@ def _postprocess(engine, head: bool, reqs: list[Request], epochs: list, outs) ->
             continue  # preempted (or ended) while its batch ran: its output is void
         if head:
             engine._after_head(req, out)
+        elif req.stage + 2 == len(req.chain) and req.prefilling:
+            req.next_pass()  # a chunk of the prompt is in every block's KV: the next chunk
+            reenter(engine, req)
         else:
             req.hidden = out
             req.stage += 1
@@ -252,14 +257,15 @@ def _postprocess(engine, head: bool, reqs: list[Request], epochs: list, outs) ->
 
 
 def reenter(engine, req: Request) -> None:
-    """Back to the embedding for the next token. Coordinated: reserve one more slot in every
-    decoder block first, preempting the newest other holders if a pool is full."""
+    """Back to the embedding for the next pass (a token, or a prompt chunk). Coordinated:
+    reserve its slots in every decoder block first, preempting the newest other holders if a
+    pool is full."""
     if not engine.cfg.coordinate_kv:
         engine._enqueue(req)
         return
-    keys = req.decoder_keys
-    while not engine.kv.reserve(req.id, keys, 1):
-        short = engine.kv.shortest(keys, req.id, 1)
+    keys, n = req.decoder_keys, len(req.feed)
+    while not engine.kv.reserve(req.id, keys, n):
+        short = engine.kv.shortest(keys, req.id, n)
         victims = [engine.running[i] for k in short for i in engine.kv.holders(k)
                    if i != req.id and i in engine.running]
         if not victims:

@@ -63,15 +63,14 @@ def create_app(aengine: AsyncEngine, tokenizers: dict,
 
     @app.get("/v1/models")
     async def models():
-        data = []
-        with aengine.lock:
-            for name, chain in engine.chains.items():
-                keys = [engine.key(name, e) for e in chain]
-                data.append({"id": name, "object": "model", "owned_by": "blockllm",
-                             "blocks": len(chain),
-                             "resident_blocks": sum(any(engine.resident(r)  # any replica
-                                                        for r in engine.replicas[k])
-                                                    for k in keys)})
+        data, resident = [], aengine.snapshot["resident"]
+        for name, chain in engine.chains.items():  # chains and replicas never change
+            keys = [engine.key(name, e) for e in chain]
+            data.append({"id": name, "object": "model", "owned_by": "blockllm",
+                         "blocks": len(chain),
+                         "resident_blocks": sum(any(r in resident  # on any replica
+                                                    for r in engine.replicas[k])
+                                                for k in keys)})
         return {"object": "list", "data": data}
 
     async def _generate(body, prompt_ids: list[int], chat: bool):
@@ -81,8 +80,9 @@ def create_app(aengine: AsyncEngine, tokenizers: dict,
                                 top_k=body.top_k, seed=body.seed)
         cfg = engine.models[body.model]
         max_tokens = body.max_tokens or max(1, cfg.max_position_embeddings - len(prompt_ids))
-        req, q = aengine.submit(body.model, prompt_ids, params, max_tokens,
-                                frozenset() if body.ignore_eos else None, body.min_tokens)
+        stop_ids = frozenset() if body.ignore_eos else frozenset(cfg.eos_token_ids)
+        ticket = aengine.submit(body.model, prompt_ids, params, max_tokens, stop_ids,
+                                body.min_tokens)
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
 
@@ -94,30 +94,32 @@ def create_app(aengine: AsyncEngine, tokenizers: dict,
                 while finish is None:
                     try:
                         kind, value = await asyncio.wait_for(
-                            q.get(), min(deadline - time.monotonic(), 1e9))
+                            ticket.events.get(), min(deadline - time.monotonic(), 1e9))
                     except TimeoutError:
                         raise RuntimeError(f"error: request timed out after "
                                            f"{server.request_timeout_s:g} s") from None
                     if kind == "finish":
+                        if isinstance(value, Exception):  # refused on the engine thread
+                            raise value
                         finish = "length" if value == "length" else "stop"
                         if value and value.startswith("error"):
                             raise RuntimeError(value)
                     else:
                         ids.append(value)
-                    text = tok.decode([t for t in ids if t not in req.stop_ids],
+                    text = tok.decode([t for t in ids if t not in stop_ids],
                                       skip_special_tokens=True)
                     if finish is None and text.endswith("\ufffd"):
                         continue  # an incomplete UTF-8 sequence: wait for the next token
                     cut = min((text.find(s) for s in stops if s in text), default=-1)
                     if cut >= 0:
                         text, finish = text[:cut], "stop"
-                        aengine.abort(req)
+                        aengine.abort(ticket)
                     if len(text) > len(sent) or finish:
                         yield text[len(sent):], finish
                         sent = text
             finally:
                 if finish is None:
-                    aengine.abort(req)  # the client went away: free its KV and queue slots
+                    aengine.abort(ticket)  # the client went away: free its KV and queue slots
 
         def chunk(delta: str, finish):
             if chat:
@@ -129,14 +131,16 @@ def create_app(aengine: AsyncEngine, tokenizers: dict,
                                                       "finish_reason": finish,
                                                       "logprobs": None}]}
 
-        usage = lambda: {"prompt_tokens": len(prompt_ids), "completion_tokens": len(req.output),
-                         "total_tokens": len(prompt_ids) + len(req.output)}
+        def usage() -> dict:  # read once the request finished (the engine is done with it)
+            n = len(ticket.req.output) if ticket.req is not None else 0
+            return {"prompt_tokens": len(prompt_ids), "completion_tokens": n,
+                    "total_tokens": len(prompt_ids) + n}
         if body.stream:
             async def sse():
                 try:
                     async for delta, finish in events():
                         yield f"data: {json.dumps(chunk(delta, finish))}\n\n"
-                except RuntimeError as e:
+                except Exception as e:  # noqa: BLE001 - the stream has begun: an error event
                     yield f"data: {json.dumps({'error': {'message': str(e), 'code': 500}})}\n\n"
                 if body.stream_options and body.stream_options.include_usage:
                     last = {**chunk("", None), "choices": [], "usage": usage()}

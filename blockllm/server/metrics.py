@@ -22,36 +22,25 @@ class _EngineCollector:
         self.aengine = aengine
 
     def collect(self):
-        eng = self.aengine.engine
-        with self.aengine.lock:
-            queue = GaugeMetricFamily("blockllm_block_queue_depth", "requests queued at a block",
-                                      labels=["block"])
-            for k, q in eng.queues.items():
-                queue.add_metric([_label(k)], len(q))
-            batch = GaugeMetricFamily("blockllm_block_batch_tokens",
-                                      "tokens in the block's last batch", labels=["block"])
-            for k, n in eng.last_batch.items():
-                batch.add_metric([_label(k)], n)
-            limit = GaugeMetricFamily("blockllm_block_batch_limit_tokens",
-                                      "the block's batch limit", labels=["block"])
-            for k, n in eng.limits.items():
-                limit.add_metric([_label(k)], n)
-            pages = GaugeMetricFamily("blockllm_kv_pages_used", "KV pages in use",
-                                      labels=["block"])
-            for k in eng.kv.tables:
-                pages.add_metric([_label(k)], eng.kv.used_pages(k))
-            yield queue
-            yield batch
-            yield limit
-            yield pages
-            yield GaugeMetricFamily("blockllm_resident_bytes", "block weight bytes on the devices",
-                                    value=eng.memory_used())
-            yield GaugeMetricFamily("blockllm_requests_running", "admitted requests",
-                                    value=len(eng.running))
-            yield GaugeMetricFamily("blockllm_requests_waiting", "requests not yet admitted",
-                                    value=len(eng.waiting))
-            for name, value in eng.counters.items():
-                yield CounterMetricFamily(f"blockllm_{name}", f"engine {name}", value=value)
+        snap = self.aengine.snapshot  # published by the engine thread after each step
+        families = [
+            ("blockllm_block_queue_depth", "requests queued at a block", "queues"),
+            ("blockllm_block_batch_tokens", "tokens in the block's last batch", "last_batch"),
+            ("blockllm_block_batch_limit_tokens", "the block's batch limit", "limits"),
+            ("blockllm_kv_pages_used", "KV pages in use", "kv_pages_used")]
+        for name, doc, field in families:
+            g = GaugeMetricFamily(name, doc, labels=["block"])
+            for k, n in snap[field].items():
+                g.add_metric([_label(k)], n)
+            yield g
+        yield GaugeMetricFamily("blockllm_resident_bytes", "block weight bytes on the devices",
+                                value=snap["resident_bytes"])
+        yield GaugeMetricFamily("blockllm_requests_running", "admitted requests",
+                                value=snap["running"])
+        yield GaugeMetricFamily("blockllm_requests_waiting", "requests not yet admitted",
+                                value=snap["waiting"])
+        for name, value in snap["counters"].items():
+            yield CounterMetricFamily(f"blockllm_{name}", f"engine {name}", value=value)
 
 
 class Metrics:
