@@ -14,8 +14,11 @@ class EngineConfig:
     page_size: int = 16  # tokens per KV page
     share_blocks: bool = True  # False (ablation): every model runs its own copy of each block
     coordinate_kv: bool = True  # False (ablation): reserve KV block by block, not chain-wide
-    prefill_chunk: int | None = 64  # chunked prefill: at most this many prompt tokens per
-    #                                 pass, decodes batched first (None: whole prompts)
+    prefill_chunk: int | None = 512  # chunked prefill: at most this many prompt tokens per
+    #                                  pass (decodes are batched first); measured on 2 CPU
+    #                                  cores with 128-token prompts at 2 req/s, chunks of
+    #                                  32/64 raised TPOT p50 from 110 to 156/124 ms: each
+    #                                  chunk pays a whole pass over the weights
     batch_tokens: int | None = None  # fixed tokens per block call (ablation); None: profiled
     latency_target_s: float | None = None  # per-call latency target for the profiled limit;
     #                                        None picks the knee of the throughput curve
