@@ -47,8 +47,11 @@ PAGE = 2 * 16 * 2 * 16 * 4  # bytes of one KV page of the tiny config (fp32)
     EngineConfig(kv_budget=12 * 3 * PAGE, coordinate_kv=False),
     EngineConfig(memory_budget=400_000),  # not every block fits: LRU eviction, reloads
     EngineConfig(share_blocks=False, residency_unit="model", memory_budget=600_000),
+    EngineConfig(prefill_chunk=2),  # prompts in chunks of 2 tokens, decodes batched first
+    EngineConfig(prefill_chunk=2, kv_budget=12 * 3 * PAGE),  # chunks under preemption
+    EngineConfig(prefill_chunk=2, kv_budget=12 * 3 * PAGE, coordinate_kv=False),
 ], ids=["default", "no-sharing", "batch3", "tiny-kv", "tiny-kv-uncoordinated", "tiny-memory",
-        "per-model-baseline"])
+        "per-model-baseline", "chunked-prefill", "chunked-tiny-kv", "chunked-uncoordinated"])
 def test_engine_outputs_equal_the_reference_for_every_model(zoo4, cfg):
     zoo, ref = zoo4
     eng, reqs = _run_all(zoo, cfg)
@@ -235,3 +238,20 @@ def test_min_tokens_masks_the_stop_tokens_until_reached(zoo4):
     assert first not in r.output[:3]
     with pytest.raises(Exception, match="min_tokens"):
         eng.submit("base", PROMPTS[0], max_tokens=2, min_tokens=3)
+
+
+def test_preemption_takes_the_newest_request_never_an_older_one(zoo4):
+    """As vLLM: when a pool is full the newest holder is preempted, the requester included.
+    An old long request keeps its KV while newer ones come and go, and everyone finishes
+    with the reference's tokens (the old policy preempted the newest *other* holder, so a
+    new request could evict an older, longer one)."""
+    zoo, ref = zoo4
+    eng = Engine(zoo, ["base"], EngineConfig(kv_budget=5 * 2 * PAGE, device=DEVICE))
+    old = eng.submit("base", PROMPTS[2], max_tokens=N, stop_ids=frozenset())
+    eng.step()
+    newer = [eng.submit("base", p, max_tokens=N, stop_ids=frozenset()) for p in PROMPTS]
+    while eng.has_work():
+        eng.step()
+    assert eng.counters["preemptions"] > 0, "the pool was meant to be too small for all"
+    assert old.preemptions == 0 and old.output == ref["base"][2]
+    assert [r.output for r in newer] == ref["base"]

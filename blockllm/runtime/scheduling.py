@@ -23,20 +23,26 @@ from blockllm.zoo.store import CorruptBlock
 
 def admit(engine) -> None:
     """FIFO admission. Coordinated: a request enters only with KV reserved for its whole pass in
-    every decoder block of its chain. Uncoordinated (ablation): it enters when its first decoder
-    block has room right now, each block deciding alone. A request that cannot fit even in
-    empty pools fails."""
+    every decoder block of its chain, and room there for its whole context now (with chunked
+    prefill a pass is one chunk: a request admitted for its first chunk alone would be
+    preempted at a later one and readmitted at once, forever). Uncoordinated (ablation): it
+    enters when its first decoder block has room right now, each block deciding alone. A
+    request that cannot fit even in empty pools fails."""
     while engine.waiting:
         req: Request = engine.waiting[0]
         route_request(engine, req)  # its replica of each block, for its KV's life
         keys, n = req.decoder_keys, len(req.feed)
-        ok = engine.kv.reserve(req.id, keys, n) if engine.cfg.coordinate_kv else \
-            engine.kv.fits(req.id, keys[:1], n)
+        if engine.cfg.coordinate_kv:
+            ok = engine.kv.fits(req.id, keys, len(req.context)) and \
+                engine.kv.reserve(req.id, keys, n)
+        else:
+            ok = engine.kv.fits(req.id, keys[:1], n)
         if not ok:
             if engine.running:
                 return
             engine.waiting.popleft()
-            engine._finish(req, f"error: {n} tokens do not fit the KV cache (raise --kv-budget)")
+            engine._finish(req, f"error: {len(req.context)} tokens do not fit the KV cache "
+                                "(raise --kv-budget)")
             continue
         engine.waiting.popleft()
         req.state, req.stage = State.RUNNING, 0
@@ -258,18 +264,19 @@ def _postprocess(engine, head: bool, reqs: list[Request], epochs: list, outs) ->
 
 def reenter(engine, req: Request) -> None:
     """Back to the embedding for the next pass (a token, or a prompt chunk). Coordinated:
-    reserve its slots in every decoder block first, preempting the newest other holders if a
-    pool is full."""
+    reserve its slots in every decoder block first; where a pool is full, the newest request
+    holding pages there is preempted, the requester included (as vLLM does): an older request
+    is never evicted by newer ones, so two requests cannot evict each other in turn."""
     if not engine.cfg.coordinate_kv:
         engine._enqueue(req)
         return
     keys, n = req.decoder_keys, len(req.feed)
     while not engine.kv.reserve(req.id, keys, n):
         short = engine.kv.shortest(keys, req.id, n)
-        victims = [engine.running[i] for k in short for i in engine.kv.holders(k)
-                   if i != req.id and i in engine.running]
-        if not victims:
-            engine.preempt(req)
+        holders = {i for k in short for i in engine.kv.holders(k) if i in engine.running}
+        victim = max([engine.running[i] for i in holders | {req.id}],
+                     key=lambda r: (r.arrival, r.id))
+        engine.preempt(victim)
+        if victim is req:
             return
-        engine.preempt(max(victims, key=lambda r: (r.arrival, r.id)))
     engine._enqueue(req)
