@@ -32,8 +32,9 @@ class BlockWeights(Protocol):
 
 def build_block(cfg: LlamaConfig, kind: str, tensors: dict[str, torch.Tensor], *,
                 n_layers: int = 0, device="cpu", dtype=torch.float32,
-                tied_embedding: torch.Tensor | None = None) -> nn.Module:
-    """An nn.Module for a block, its weights moved (not copied twice) to device/dtype."""
+                tied_embedding: torch.Tensor | None = None, pack: bool = False) -> nn.Module:
+    """An nn.Module for a block, its weights moved (not copied twice) to device/dtype.
+    `pack`: decoder weights in oneDNN's layout (CPU only: models.llama.pack_weight)."""
     with torch.device("meta"):
         if kind == "embed":
             mod = EmbeddingBlock(cfg)
@@ -50,7 +51,8 @@ def build_block(cfg: LlamaConfig, kind: str, tensors: dict[str, torch.Tensor], *
     mod.load_state_dict(state, strict=True, assign=True)
     if kind == "decoder":
         mod.inv_freq = inv_frequencies(cfg).to(device)
-        mod.fuse_()
+        mod.fuse_(pack and torch.device(device).type == "cpu" and
+                  dtype in (torch.float32, torch.bfloat16))
     if kind == "head" and cfg.tie_word_embeddings:
         mod.tied_weight = tied_embedding
     return mod.eval()

@@ -39,6 +39,20 @@ def _linear(i: int, o: int) -> nn.Linear:
     return lin
 
 
+def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w.T, with `w` plain or packed by `pack_weight` (oneDNN's blocked layout)."""
+    if w.is_mkldnn:
+        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+    return F.linear(x, w)
+
+
+def pack_weight(w: torch.Tensor) -> torch.Tensor:
+    """A (out, in) weight in oneDNN's blocked layout for CPU matmuls. Measured on 2 cores with
+    SmolLM2's decoder shapes, 30 layers: 8 rows 36 -> 27 ms, 32 rows 52 -> 48 ms, but 1 row
+    17 -> 23 ms (the plain layout reads the weight once, fastest for one token)."""
+    return torch.ops.mkldnn._reorder_linear_weight(w, 4)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
@@ -50,17 +64,22 @@ class Attention(nn.Module):
         self.o_proj = _linear(self.n_heads * self.head_dim, cfg.hidden_size)
         self.qkv_weight: torch.Tensor | None = None  # set by fuse_()
 
-    def fuse_(self) -> None:
-        """One matmul for q, k and v (same math, fewer calls); drops the separate weights."""
+    def fuse_(self, pack: bool = False) -> None:
+        """One matmul for q, k and v (same math, fewer calls); drops the separate weights.
+        `pack`: weights in oneDNN's layout (CPU; see pack_weight)."""
         self.qkv_weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
         del self.q_proj, self.k_proj, self.v_proj
+        self.o_weight = self.o_proj.weight.detach()  # a plain attribute, not a Parameter
+        del self.o_proj
+        if pack:
+            self.qkv_weight, self.o_weight = map(pack_weight, (self.qkv_weight, self.o_weight))
 
     def forward(self, x, cos, sin, pool: KVPool, layer: int, batch: AttnBatch,
                 lora: LoraSegments | None) -> torch.Tensor:
         T = x.shape[0]
         if self.qkv_weight is not None:
             q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv * self.head_dim
-            q, k, v = F.linear(x, self.qkv_weight).split([q_dim, kv_dim, kv_dim], dim=-1)
+            q, k, v = linear(x, self.qkv_weight).split([q_dim, kv_dim, kv_dim], dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if lora is not None:
@@ -71,7 +90,7 @@ class Attention(nn.Module):
         k = apply_rope(k.view(T, self.n_kv, self.head_dim), cos, sin)  # (T, H_kv, D)
         out = paged_attention(q, k, v.view(T, self.n_kv, self.head_dim), pool, layer, batch)
         out = out.reshape(T, self.n_heads * self.head_dim)
-        y = self.o_proj(out)
+        y = self.o_proj(out) if self.qkv_weight is None else linear(out, self.o_weight)
         return y if lora is None else lora.add_delta(y, out, layer, "self_attn.o_proj")
 
 
@@ -83,20 +102,25 @@ class MLP(nn.Module):
         self.down_proj = _linear(cfg.intermediate_size, cfg.hidden_size)
         self.gate_up_weight: torch.Tensor | None = None  # set by fuse_()
 
-    def fuse_(self) -> None:
+    def fuse_(self, pack: bool = False) -> None:
         self.gate_up_weight = torch.cat([self.gate_proj.weight, self.up_proj.weight])
         del self.gate_proj, self.up_proj
+        self.down_weight = self.down_proj.weight.detach()
+        del self.down_proj
+        if pack:
+            self.gate_up_weight, self.down_weight = map(pack_weight, (self.gate_up_weight,
+                                                                      self.down_weight))
 
     def forward(self, x: torch.Tensor, layer: int, lora: LoraSegments | None) -> torch.Tensor:
         if self.gate_up_weight is not None:
-            g, u = F.linear(x, self.gate_up_weight).chunk(2, dim=-1)
+            g, u = linear(x, self.gate_up_weight).chunk(2, dim=-1)
         else:
             g, u = self.gate_proj(x), self.up_proj(x)
         if lora is not None:
             g = lora.add_delta(g, x, layer, "mlp.gate_proj")
             u = lora.add_delta(u, x, layer, "mlp.up_proj")
         h = F.silu(g) * u
-        y = self.down_proj(h)
+        y = self.down_proj(h) if self.gate_up_weight is None else linear(h, self.down_weight)
         return y if lora is None else lora.add_delta(y, h, layer, "mlp.down_proj")
 
 
@@ -138,11 +162,12 @@ class DecoderBlock(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(n_layers))
         self.register_buffer("inv_freq", inv_frequencies(cfg), persistent=False)
 
-    def fuse_(self) -> DecoderBlock:
-        """Fuse q/k/v and gate/up weights for inference; state_dict names no longer apply."""
+    def fuse_(self, pack: bool = False) -> DecoderBlock:
+        """Fuse q/k/v and gate/up weights for inference; state_dict names no longer apply.
+        `pack`: in oneDNN's layout too (CPU, fp32/bf16)."""
         for layer in self.layers:
-            layer.self_attn.fuse_()
-            layer.mlp.fuse_()
+            layer.self_attn.fuse_(pack)
+            layer.mlp.fuse_(pack)
         return self
 
     def forward(self, x: torch.Tensor, pool: KVPool, batch: AttnBatch,

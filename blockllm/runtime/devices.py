@@ -77,7 +77,7 @@ def make_hosts(zoo, cfg: EngineConfig) -> list:
         from blockllm.runtime.ray_hosts import ray_hosts
         return ray_hosts(str(zoo.root), names, cfg.dtype, cfg.ray_address)
     from blockllm.runtime.hosts import LocalHost
-    return [LocalHost(zoo, name, cfg.dtype, i) for i, name in enumerate(names)]
+    return [LocalHost(zoo, name, cfg.dtype, i, cfg.pack_weights) for i, name in enumerate(names)]
 
 
 def topology(hosts: list, cfg: EngineConfig) -> Cluster:

@@ -21,7 +21,8 @@ from blockllm.zoo.partition import Block
 
 
 class BlockWorker:
-    def __init__(self, cfg: LlamaConfig, block: Block, device: torch.device, dtype: torch.dtype):
+    def __init__(self, cfg: LlamaConfig, block: Block, device: torch.device, dtype: torch.dtype,
+                 pack: bool = False):
         self.cfg, self.kind, self.device = cfg, block.kind, device
         if device.type == "cuda":
             # cuDNN attention builds a plan per new shape (~50 ms on an H100, measured), and a
@@ -29,7 +30,7 @@ class BlockWorker:
             torch.backends.cuda.enable_cudnn_sdp(False)
         self.module = build_block(cfg, block.kind, block.tensors, device=device, dtype=dtype,
                                   n_layers=block.signature.get("n_layers", 0),
-                                  tied_embedding=torch.empty(0))
+                                  tied_embedding=torch.empty(0), pack=pack)
         self.nbytes = block.nbytes
         self.dtype = dtype
 
