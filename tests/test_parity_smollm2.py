@@ -47,3 +47,20 @@ def test_chat_prompt_logits_close(pair):
     with torch.no_grad():
         theirs = ref(torch.tensor([ids])).logits[0]
     torch.testing.assert_close(ours.prompt_logits(ids), theirs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("pack", [True, False], ids=["packed", "plain"])
+def test_engine_batch_matches_generate(pair, embedded_source, tmp_path, pack):
+    """The serving engine on SmolLM2 (segments, the three prompts in one batch, weights in
+    oneDNN's layout as it serves on a CPU by default, or plain): transformers' greedy tokens."""
+    from blockllm.runtime.config import EngineConfig
+    from blockllm.runtime.engine import Engine
+    from blockllm.zoo.ingest import add_source
+    from blockllm.zoo.store import Zoo
+    _, ref, tok = pair
+    zoo = Zoo(tmp_path / "zoo")
+    add_source(zoo, embedded_source, "m")
+    eng = Engine(zoo, ["m"], EngineConfig(pack_weights=pack))
+    prompts = [tok.encode(t) for t in PROMPTS]
+    got = eng.generate("m", prompts, 32, stop_ids=frozenset())
+    assert got == [hf_greedy(ref, ids, 32) for ids in prompts]

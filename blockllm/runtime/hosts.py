@@ -147,7 +147,7 @@ class LocalHost:
         worker = self.workers[call.key]
         tied = None
         if call.tied_key is not None:
-            tied = self.workers[call.tied_key].module.embed_tokens.weight
+            tied = self.workers[call.tied_key].module.logits_weight()
         adapters = None
         if call.adapters and any(call.adapters):
             adapters = [self._adapter(a, call.key) if a else None for a in call.adapters]

@@ -119,9 +119,8 @@ def _load_penalty(engine, key: Hashable, req: Request) -> float:
 def _missing_bytes(engine, key: Hashable, req: Request) -> int:
     """Bytes that running `key` for `req` would load: the block, or its whole model."""
     if engine.cfg.residency_unit != "model":
-        return engine.info[req.chain[req.stage].block].nbytes
-    return sum(engine.info[e.block].nbytes for k, e in zip(req.keys, req.chain, strict=True)
-               if not engine.resident(k))
+        return engine.weight_bytes(key)
+    return sum(engine.weight_bytes(k) for k in req.keys if not engine.resident(k))
 
 
 def _ensure_resident(engine, key: Hashable, req: Request) -> bool:
@@ -130,10 +129,10 @@ def _ensure_resident(engine, key: Hashable, req: Request) -> bool:
     With whole-model residency (the per-model baseline) the unit is the request's whole chain.
     Everything in `need` is on the device of `key` (see devices.place_keys)."""
     stages = range(len(req.chain)) if engine.cfg.residency_unit == "model" else [req.stage]
-    need = {req.keys[i]: engine.info[req.chain[i].block].nbytes for i in stages}
+    need = {req.keys[i]: engine.weight_bytes(req.keys[i]) for i in stages}
     embed_key = engine.tied_embed_key(key, req)
     if embed_key is not None:
-        need[embed_key] = engine.info[req.chain[0].block].nbytes
+        need[embed_key] = engine.weight_bytes(embed_key)
     by_key = dict(zip(req.keys, req.chain, strict=True))
     t0 = time.perf_counter()
     mem = engine.residency(key)

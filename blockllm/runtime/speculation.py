@@ -74,7 +74,7 @@ def speculate(engine) -> None:
             continue
         if is_tied(key):
             continue  # a tied head is norm weights only; it loads with its embedding, on use
-        mem, size = engine.residency(key), engine.info[entry.block].nbytes
+        mem, size = engine.residency(key), engine.weight_bytes(key)
         if mem.used + size > mem.budget and busy is None:
             busy = set(wanted) | _in_use(engine)
         try:

@@ -68,8 +68,8 @@ def pick(logits: torch.Tensor, greedy: tuple[tuple[int, ...] | None, ...] | None
         return list(logits.float().cpu())
     out: list = [None] * len(greedy)
     rows = [b for b, g in enumerate(greedy) if g is not None]
-    if rows:
-        sub = logits[rows]
+    if rows:  # every row greedy (the usual case): no copy of the (B, vocab) logits
+        sub = logits if len(rows) == len(greedy) else logits[rows]
         for j, b in enumerate(rows):
             if greedy[b]:
                 sub[j, list(greedy[b])] = float("-inf")
