@@ -177,7 +177,9 @@ def main(zoo_dir, models, port, host, memory_budget, kv_budget, max_batch, windo
     import uvicorn
 
     from blockllm.cli.format import parse_bytes
+    from blockllm.server.async_engine import share_gil_finely
     from blockllm.zoo.store import Zoo
+    share_gil_finely()  # its generate() thread shares the GIL with the event loop, as ours
     names = [m.strip() for m in models.split(",") if m.strip()]
     server = HFServer(Zoo(zoo_dir), names, parse_bytes(memory_budget), max_batch, window,
                       max_waiting)

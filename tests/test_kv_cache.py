@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from blockllm.models.attention import AttnBatch, _mask
+from blockllm.models.attention import AttnBatch
 from blockllm.models.kv_cache import KVLayout, KVPool, OutOfPages, PageTable
 
 
@@ -49,18 +49,27 @@ def test_pool_write_then_gather_roundtrip():
     assert pool.kv[0].abs().sum() == 0, "layer 0 untouched"
 
 
-def test_attn_batch_positions_slots_and_mask():
+def test_attn_batch_positions_slots_and_masks():
     t = PageTable(8, 4)
     t.append(0, 3)  # sequence 0 already holds 3 tokens
-    b = AttnBatch.build(t, [0, 1], [1, 2])
-    assert b.positions.tolist() == [3, 0, 1]
-    assert b.slots.tolist() == [3, 4, 5]
-    assert b.context_lens == (4, 2)
-    assert b.page_tables.tolist() == [[0], [1]]
-    assert not b.fresh_prefill
-    m = _mask([1, 2], [4, 2])[:, 0].int().tolist()
-    assert m[0] == [[1, 1, 1, 1], [1, 0, 0, 0]]  # one real query row; the padded row sees key 0
-    assert m[1] == [[1, 0, 0, 0], [1, 1, 0, 0]]  # causal over its own 2 tokens
+    t.append(2, 5)
+    b = AttnBatch.build(t, [0, 1, 2], [1, 2, 1])
+    assert b.positions.tolist() == [3, 0, 1, 5]
+    assert b.slots.tolist() == [3, 12, 13, 9]  # seq 1 got page 3 (seq 2 holds pages 1, 2)
+    assert b.context_lens == (4, 2, 6)
+    assert b.page_tables.tolist() == [[0, 0], [3, 0], [1, 2]]
+    assert b.decodes == (0, 2) and b.decode_rows.tolist() == [0, 3]
+    assert b.decode_lens.tolist() == [4, 6]
+    assert b.prefills == ((1, 1, 2, 2),)  # sequence 1: rows 1-2, 2 new tokens, context 2
+    assert b.decode_bias(torch.float32)[:, 0, 0].isinf().int().tolist() == [
+        [0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 0, 0]]  # -inf past each decode's length
+    t.append(1, 2)  # a later chunk of sequence 1: 2 new tokens after its first 2
+    c = AttnBatch.describe(t, [1], [2])
+    assert c.decodes == () and c.prefills == ((0, 0, 2, 4),)
+    assert c.chunk_bias(0, torch.float32).isinf().int().tolist() == [
+        [0, 0, 0, 1], [0, 0, 0, 0]]  # bottom-right causal over the whole context
+    one = AttnBatch.describe(t, [0, 2], [1, 1])
+    assert one.decode_rows is None and one.decode_bias(torch.float32) is not None
 
 
 def test_attn_batch_is_all_or_nothing():

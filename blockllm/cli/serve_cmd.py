@@ -70,7 +70,7 @@ def serve(zoo_dir, models, memory_budget, kv_budget, device, devices, backend, p
     from blockllm.runtime.config import EngineConfig
     from blockllm.runtime.engine import Engine
     from blockllm.server.app import ServerConfig, create_app
-    from blockllm.server.async_engine import AsyncEngine
+    from blockllm.server.async_engine import AsyncEngine, share_gil_finely
     from blockllm.zoo.store import Zoo
 
     try:
@@ -96,6 +96,7 @@ def serve(zoo_dir, models, memory_budget, kv_budget, device, devices, backend, p
         engine = Engine(Zoo(zoo_dir), names, cfg)  # profiled before /health answers
         engine.warm_up()
         return engine
+    share_gil_finely()
     aengine = AsyncEngine(make_engine)
     aengine.start()
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:

@@ -1,8 +1,17 @@
-"""Per-step attention metadata over a paged pool: which slots the new tokens take, and masks.
+"""Per-step attention metadata over a paged pool, and attention that reads the pool.
 
 A step runs T new tokens of B sequences flattened along one axis (like vLLM): hidden states
 are (T, hidden). Sequence b contributes `query_lens[b]` tokens, and after the step holds
 `context_lens[b]` tokens of KV. Built once per step and block, shared by the block's layers.
+
+Attention splits the step's sequences in two:
+* decodes (one new token each) run together through `blockllm.kernels.paged_decode`, which
+  reads each sequence's pages of the pool in place; where that kernel is not available (no
+  C++ compiler, BLOCKLLM_NATIVE=0, a GPU) their pages are gathered into dense tensors for one
+  SDPA call, masked past each sequence's length;
+* prompt chunks (several new tokens) run one sequence at a time through SDPA: a chunk with no
+  earlier KV attends causally over its own new K/V; a later chunk gathers its own pages and
+  attends with a bottom-right causal mask. Nothing is padded to the longest query.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from blockllm.kernels import paged_decode
 from blockllm.models.kv_cache import KVPool, OutOfPages, PageTable
 from blockllm.models.rope import cos_sin
 
@@ -24,10 +34,21 @@ class AttnBatch:
     query_lens: tuple[int, ...]  # new tokens per sequence (sum == T)
     context_lens: tuple[int, ...]  # KV length per sequence after this step
     page_tables: torch.Tensor  # (B, max_pages) long, padded with page 0
-    mask: torch.Tensor | None  # (B, 1, max_q, max_ctx) bool, None when no masking is needed
-    fresh_prefill: bool  # one sequence whose whole context is new: causal attention on the fly
+    decodes: tuple[int, ...]  # the sequences with one new token, in order
+    decode_rows: torch.Tensor | None  # (len(decodes),) their token rows; None: every row
+    decode_lens: torch.Tensor  # (len(decodes),) long: their context lengths
     _cache: dict = field(default_factory=dict, repr=False)  # per-step caches: (rope key, dtype)
-    #                                                      -> (cos, sin); ("bias", dtype) -> bias
+    #                                                      -> (cos, sin); masks by dtype
+
+    @property
+    def prefills(self) -> tuple[tuple[int, int, int, int], ...]:
+        """(sequence, first token row, new tokens, context length) of each prompt chunk."""
+        out, row = [], 0
+        for b, (n, ctx) in enumerate(zip(self.query_lens, self.context_lens, strict=True)):
+            if n > 1:
+                out.append((b, row, n, ctx))
+            row += n
+        return tuple(out)
 
     def rope(self, inv_freq: torch.Tensor, dtype: torch.dtype, rope_key: Hashable
              ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,18 +59,35 @@ class AttnBatch:
             self._cache[key] = cos_sin(inv_freq, self.positions, dtype)
         return self._cache[key]
 
-    def bias(self, dtype: torch.dtype) -> torch.Tensor | None:
-        """The mask as an additive bias (0 or -inf) in `dtype`, made once per step and dtype.
+    def decode_bias(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """(Bd, 1, 1, max_ctx) additive mask (0 or -inf) past each decode's length, for the
+        gather path; None when all have the same length. Made once per step and dtype.
 
-        SDPA gets this rather than the boolean mask: on an H100 a boolean mask sent PyTorch
-        2.11 to a backend that builds a plan for every new shape (50 ms per call, measured),
-        and shapes change every step; a float bias costs 27-40 us per call there."""
-        if self.mask is None:
+        SDPA gets a float bias rather than a boolean mask: on an H100 a boolean mask sent
+        PyTorch 2.11 to a backend that builds a plan for every new shape (50 ms per call,
+        measured), and shapes change every step; a float bias costs 27-40 us per call."""
+        lens = [self.context_lens[b] for b in self.decodes]
+        if min(lens) == max(lens):
             return None
-        key = ("bias", dtype)
+        key = ("decode", dtype)
         if key not in self._cache:
-            zero = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device)
-            self._cache[key] = zero.masked_fill(~self.mask, float("-inf"))
+            k_idx = torch.arange(max(lens), device=self.decode_lens.device)
+            past = k_idx[None, :] >= self.decode_lens[:, None]
+            bias = torch.zeros(past.shape, dtype=dtype, device=past.device)
+            self._cache[key] = bias.masked_fill(past, float("-inf"))[:, None, None]
+        return self._cache[key]
+
+    def chunk_bias(self, b: int, dtype: torch.dtype) -> torch.Tensor:
+        """(n, ctx) additive mask of sequence b's chunk over its whole context: query i (at
+        position ctx - n + i) sees keys 0..ctx - n + i."""
+        key = ("chunk", b, dtype)
+        if key not in self._cache:
+            n, ctx = self.query_lens[b], self.context_lens[b]
+            dev = self.positions.device
+            seen = torch.arange(ctx, device=dev)[None, :] <= \
+                torch.arange(ctx - n, ctx, device=dev)[:, None]
+            bias = torch.zeros(seen.shape, dtype=dtype, device=dev)
+            self._cache[key] = bias.masked_fill(~seen, float("-inf"))
         return self._cache[key]
 
     def to(self, device: torch.device | str) -> AttnBatch:
@@ -57,9 +95,11 @@ class AttnBatch:
         dev = torch.device(device)
         if self.positions.device == dev:
             return self
-        return AttnBatch(self.positions.to(dev), self.slots.to(dev), self.query_lens,
-                         self.context_lens, self.page_tables.to(dev),
-                         None if self.mask is None else self.mask.to(dev), self.fresh_prefill)
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(dev, non_blocking=dev.type == "cuda")
+        return AttnBatch(move(self.positions), move(self.slots), self.query_lens,
+                         self.context_lens, move(self.page_tables), self.decodes,
+                         move(self.decode_rows), move(self.decode_lens))
 
     @classmethod
     def build(cls, table: PageTable, seq_ids: list[int], query_lens: list[int],
@@ -91,67 +131,80 @@ class AttnBatch:
             ctx.append(end)
         width = max(len(p) for p in pages)
         page_tables = torch.tensor([p + [0] * (width - len(p)) for p in pages], dtype=torch.long)
-        fresh = len(seq_ids) == 1 and query_lens[0] == ctx[0]
-        mask = None
-        if not fresh and not (len(seq_ids) == 1 and query_lens[0] == 1):
-            mask = _mask(query_lens, ctx)
+        decodes = tuple(b for b, n in enumerate(query_lens) if n == 1)
+        rows = None
+        if len(decodes) < len(query_lens):
+            starts = [0]
+            for n in query_lens[:-1]:
+                starts.append(starts[-1] + n)
+            rows = torch.tensor([starts[b] for b in decodes], dtype=torch.long, device=device)
         return cls(
             positions=torch.tensor(positions, dtype=torch.long, device=device),
             slots=torch.tensor(slots, dtype=torch.long, device=device),
             query_lens=tuple(query_lens),
             context_lens=tuple(ctx),
             page_tables=page_tables.to(device),
-            mask=None if mask is None else mask.to(device),
-            fresh_prefill=fresh,
+            decodes=decodes,
+            decode_rows=rows,
+            decode_lens=torch.tensor([ctx[b] for b in decodes], dtype=torch.long, device=device),
         )
-
-
-def _mask(query_lens: list[int], context_lens: list[int]) -> torch.Tensor:
-    """(B, 1, max_q, max_ctx) bool: query i of sequence b sees key j iff j <= its position."""
-    max_q, max_ctx = max(query_lens), max(context_lens)
-    q_idx = torch.arange(max_q)[None, :, None]
-    k_idx = torch.arange(max_ctx)[None, None, :]
-    ql = torch.tensor(query_lens)[:, None, None]
-    cl = torch.tensor(context_lens)[:, None, None]
-    q_pos = cl - ql + q_idx  # absolute position of each query row
-    allowed = (k_idx <= q_pos) & (q_idx < ql)
-    allowed |= (q_idx >= ql) & (k_idx == 0)  # padded query rows: keep softmax finite
-    return allowed[:, None]
 
 
 def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pool: KVPool,
                     layer: int, batch: AttnBatch) -> torch.Tensor:
     """q: (T, H, D); k, v: (T, H_kv, D) for the new tokens. Returns (T, H, D).
 
-    Writes the new K/V into the pool, then attends over each sequence's whole context.
-    """
+    Writes the new K/V into the pool, then attends over each sequence's whole context (see
+    the module doc for how decodes and prompt chunks are told apart)."""
     pool.write(layer, k, v, batch.slots)
-    n_heads, head_dim = q.shape[1], q.shape[2]
-    if batch.fresh_prefill:  # no earlier KV: attend over the new tokens directly
+    if not batch.decodes or batch.decode_rows is not None:
+        out = torch.empty_like(q)
+        for b, row, n, ctx in batch.prefills:
+            out[row:row + n] = _chunk(q[row:row + n], k[row:row + n], v[row:row + n], pool,
+                                      layer, batch, b, ctx)
+        if not batch.decodes:
+            return out
+        rows = batch.decode_rows
+        out[rows] = _decode(q[rows], pool, layer, batch)
+        return out
+    return _decode(q, pool, layer, batch)
+
+
+def _decode(q: torch.Tensor, pool: KVPool, layer: int, batch: AttnBatch) -> torch.Tensor:
+    """(Bd, H, D) queries of the step's decodes, one per sequence, over their contexts."""
+    tables = batch.page_tables if len(batch.decodes) == len(batch.query_lens) else \
+        batch.page_tables[list(batch.decodes)]
+    kernel = paged_decode() if q.device.type == "cpu" else None
+    if kernel is not None:
+        k_cache, v_cache = pool.pages(layer)
+        return kernel(q, k_cache, v_cache, tables, batch.decode_lens, q.shape[-1] ** -0.5)
+    return paged_decode_reference(q, pool, layer, tables, batch)
+
+
+def paged_decode_reference(q: torch.Tensor, pool: KVPool, layer: int, tables: torch.Tensor,
+                           batch: AttnBatch) -> torch.Tensor:
+    """The torch path of `_decode`: gather the pages into dense (Bd, L, H_kv, D) K/V, then one
+    SDPA, masked past each sequence's length (also the native kernel's test reference)."""
+    lens = [batch.context_lens[b] for b in batch.decodes]
+    kk, vv = pool.gather(layer, tables, max(lens))
+    out = F.scaled_dot_product_attention(
+        q[:, None].transpose(1, 2), kk.transpose(1, 2), vv.transpose(1, 2),
+        attn_mask=batch.decode_bias(q.dtype), enable_gqa=True)  # (Bd, H, 1, D)
+    return out[:, :, 0]
+
+
+def _chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pool: KVPool, layer: int,
+           batch: AttnBatch, b: int, ctx: int) -> torch.Tensor:
+    """One sequence's prompt chunk, q: (n, H, D), over its context. With no earlier KV the
+    chunk is its whole context: causal attention over its own new K/V, nothing read back."""
+    n = q.shape[0]
+    if ctx == n:
         out = F.scaled_dot_product_attention(
             q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
             is_causal=True, enable_gqa=True)
         return out[0].transpose(0, 1)
-    bsz = len(batch.query_lens)
-    kk, vv = pool.gather(layer, batch.page_tables, max(batch.context_lens))  # (B, L, H_kv, D)
-    max_q = max(batch.query_lens)
-    if max_q == 1:
-        qq = q[:, None]  # (B, 1, H, D)
-    else:
-        qq = q.new_zeros(bsz, max_q, n_heads, head_dim)
-        rows = _row_index(batch.query_lens, q.device)
-        qq.view(-1, n_heads, head_dim)[rows] = q
+    kk, vv = pool.gather(layer, batch.page_tables[b:b + 1], ctx)  # (1, ctx, H_kv, D)
     out = F.scaled_dot_product_attention(
-        qq.transpose(1, 2), kk.transpose(1, 2), vv.transpose(1, 2),
-        attn_mask=batch.bias(qq.dtype), enable_gqa=True)  # (B, H, max_q, D)
-    out = out.transpose(1, 2)
-    if max_q == 1:
-        return out[:, 0]
-    return out.reshape(-1, n_heads, head_dim)[_row_index(batch.query_lens, q.device)]
-
-
-def _row_index(query_lens: tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """Flat rows of the (B, max_q) padded layout that hold real tokens, in token order."""
-    max_q = max(query_lens)
-    return torch.cat([torch.arange(n, device=device) + b * max_q
-                      for b, n in enumerate(query_lens)])
+        q.transpose(0, 1)[None], kk.transpose(1, 2), vv.transpose(1, 2),
+        attn_mask=batch.chunk_bias(b, q.dtype), enable_gqa=True)  # (1, H, n, D)
+    return out[0].transpose(0, 1)

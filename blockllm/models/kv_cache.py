@@ -62,6 +62,11 @@ class KVPool:
         flat[0].index_copy_(0, slots, k.to(flat.dtype))
         flat[1].index_copy_(0, slots, v.to(flat.dtype))
 
+    def pages(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of one layer as (num_pages, page_size, n_kv_heads, head_dim) views of the
+        pool (contiguous: read in place by the native decode kernel)."""
+        return self.kv[layer, 0], self.kv[layer, 1]
+
     def gather(self, layer: int, page_tables: torch.Tensor, max_len: int
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense K/V of B sequences. page_tables: (B, P) long, padded with any valid page id.

@@ -44,6 +44,21 @@ class Ticket:
     aborted: bool = False
 
 
+# How long a Python thread may hold the GIL while another waits for it (Python's default is 5
+# ms). The engine thread releases the GIL inside every torch op and must take it back after
+# each; while the event loop thread works (parsing, streaming 60 clients' tokens), each of
+# those hand-backs waited up to the whole interval. Measured with `vllm bench serve`, one
+# model, 2 req/s on 2 cores: TPOT p50 88-103 -> 70-73 ms (the engine alone, in process: 68).
+GIL_SWITCH_S = 0.0002
+
+
+def share_gil_finely() -> None:
+    """Set the process's GIL switch interval for a server whose model runs on a thread of its
+    own (see GIL_SWITCH_S); the server entry points call it before starting."""
+    import sys
+    sys.setswitchinterval(GIL_SWITCH_S)
+
+
 class AsyncEngine:
     def __init__(self, make_engine: Callable[[], Engine]):
         """`make_engine` runs on the engine thread (it builds and warms up the engine)."""
