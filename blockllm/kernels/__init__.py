@@ -33,6 +33,18 @@ def _cpu_id() -> str:
     return hashlib.sha256((flags + torch.__version__).encode()).hexdigest()[:10]
 
 
+def _ninja_on_path() -> None:
+    """cpp_extension runs `ninja` from PATH; the PyPI package's binary sits in the venv's bin,
+    which is not on PATH when the venv's python is run without activating it."""
+    try:
+        import ninja
+    except ImportError:
+        return
+    path = os.environ.get("PATH", "")
+    if ninja.BIN_DIR not in path.split(os.pathsep):
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + path
+
+
 @functools.cache
 def paged_decode() -> Callable | None:
     """torch.ops.blockllm.paged_decode(q, k_cache, v_cache, page_tables, context_lens, scale)
@@ -40,6 +52,7 @@ def paged_decode() -> Callable | None:
     if os.environ.get("BLOCKLLM_NATIVE", "1") == "0":
         return None
     from torch.utils import cpp_extension
+    _ninja_on_path()
     src = SOURCE.read_text()
     name = f"blockllm_kernels_{hashlib.sha256(src.encode()).hexdigest()[:10]}_{_cpu_id()}"
     try:
