@@ -1,11 +1,13 @@
 """Native CPU kernels, compiled on first use with this machine's C++ compiler (torch's
 cpp_extension, cached in its extensions folder, $TORCH_EXTENSIONS_DIR or
-~/.cache/torch_extensions) and registered as torch ops.
+~/.cache/torch_extensions) and registered as torch ops in the `blockllm` namespace:
 
-`paged_decode()` is decode attention over a paged KV pool read in place
-(paged_attention.cpp). Where it cannot be built (no compiler) or is switched off
-(BLOCKLLM_NATIVE=0), `paged_decode()` is None and attention takes the torch path: gather
-the pages into dense tensors, then SDPA (models.attention).
+* paged_attention.cpp: decode attention over a paged KV pool read in place;
+* layer_ops.cpp: a decoder layer's elementwise work fused (RMSNorm, residual add + RMSNorm,
+  SiLU-and-mul, RoPE of q and k in place), as vLLM's CPU custom ops do.
+
+Where they cannot be built (no compiler) or are switched off (BLOCKLLM_NATIVE=0), `native()`
+is None and the model code takes its torch path (models.ops, models.attention).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
-SOURCE = Path(__file__).with_name("paged_attention.cpp")
+SOURCES = [Path(__file__).with_name(f) for f in ("paged_attention.cpp", "layer_ops.cpp")]
 
 
 def _cpu_id() -> str:
@@ -46,22 +48,29 @@ def _ninja_on_path() -> None:
 
 
 @functools.cache
-def paged_decode() -> Callable | None:
-    """torch.ops.blockllm.paged_decode(q, k_cache, v_cache, page_tables, context_lens, scale)
-    (shapes in paged_attention.cpp), or None where it is not available."""
+def native():
+    """The `torch.ops.blockllm` namespace (shapes in the .cpp files), or None where the
+    kernels are not available."""
     if os.environ.get("BLOCKLLM_NATIVE", "1") == "0":
         return None
     from torch.utils import cpp_extension
     _ninja_on_path()
-    src = SOURCE.read_text()
-    name = f"blockllm_kernels_{hashlib.sha256(src.encode()).hexdigest()[:10]}_{_cpu_id()}"
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES)).hexdigest()[:10]
     try:
-        cpp_extension.load_inline(
-            name, cpp_sources=[src], is_python_module=False, verbose=False,
+        cpp_extension.load(
+            f"blockllm_kernels_{digest}_{_cpu_id()}", [str(p) for p in SOURCES],
+            is_python_module=False, verbose=False,
             extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffast-math"],
             extra_ldflags=["-fopenmp"])
     except Exception as e:  # noqa: BLE001 - no compiler, or a failed build: the torch path
-        log.warning("native paged attention unavailable (%s); using gather + SDPA",
+        log.warning("native kernels unavailable (%s); using the torch path",
                     str(e).splitlines()[0] if str(e) else type(e).__name__)
         return None
-    return torch.ops.blockllm.paged_decode
+    return torch.ops.blockllm
+
+
+def paged_decode() -> Callable | None:
+    """torch.ops.blockllm.paged_decode(q, k_cache, v_cache, page_tables, context_lens, scale),
+    or None where the kernels are not available."""
+    ops = native()
+    return None if ops is None else ops.paged_decode

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from blockllm.models import ops
 from blockllm.models.attention import AttnBatch, paged_attention
 from blockllm.models.config import LlamaConfig
 from blockllm.models.kv_cache import KVPool
@@ -27,10 +28,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(dtype)
+        return ops.rms_norm(x, self.weight, self.eps)
+
+    def add_(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """residual += x in place; returns the norm of the new residual (one fused pass)."""
+        return ops.add_rms_norm_(residual, x, self.weight, self.eps)
 
 
 def _linear(i: int, o: int) -> nn.Linear:
@@ -78,19 +80,24 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, pool: KVPool, layer: int, batch: AttnBatch,
                 lora: LoraSegments | None) -> torch.Tensor:
-        T = x.shape[0]
+        T, D = x.shape[0], self.head_dim
+        q_dim, kv_dim = self.n_heads * D, self.n_kv * D
         if self.qkv_weight is not None:
-            q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv * self.head_dim
-            q, k, v = linear(x, self.qkv_weight).split([q_dim, kv_dim, kv_dim], dim=-1)
+            qkv = linear(x, self.qkv_weight)  # (T, q_dim + 2 kv_dim)
+            q, k, v = qkv.split([q_dim, kv_dim, kv_dim], dim=-1)  # views: deltas land in qkv
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if lora is not None:
             q = lora.add_delta(q, x, layer, "self_attn.q_proj")
             k = lora.add_delta(k, x, layer, "self_attn.k_proj")
             v = lora.add_delta(v, x, layer, "self_attn.v_proj")
-        q = apply_rope(q.view(T, self.n_heads, self.head_dim), cos, sin)  # (T, H, D)
-        k = apply_rope(k.view(T, self.n_kv, self.head_dim), cos, sin)  # (T, H_kv, D)
-        out = paged_attention(q, k, v.view(T, self.n_kv, self.head_dim), pool, layer, batch)
+        if self.qkv_weight is not None:
+            ops.rope_qk_(qkv, cos, sin, self.n_heads, self.n_kv)  # q and k rotated in place
+            q, k = q.view(T, self.n_heads, D), k.view(T, self.n_kv, D)
+        else:
+            q = apply_rope(q.view(T, self.n_heads, D), cos, sin)  # (T, H, D)
+            k = apply_rope(k.view(T, self.n_kv, D), cos, sin)  # (T, H_kv, D)
+        out = paged_attention(q, k, v.view(T, self.n_kv, D), pool, layer, batch)
         out = out.reshape(T, self.n_heads * self.head_dim)
         y = self.o_proj(out) if self.qkv_weight is None else linear(out, self.o_weight)
         return y if lora is None else lora.add_delta(y, out, layer, "self_attn.o_proj")
@@ -115,13 +122,14 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, layer: int, lora: LoraSegments | None) -> torch.Tensor:
         if self.gate_up_weight is not None:
-            g, u = linear(x, self.gate_up_weight).chunk(2, dim=-1)
+            gate_up = linear(x, self.gate_up_weight)  # (T, 2 I)
+            g, u = gate_up.chunk(2, dim=-1)  # views: deltas land in gate_up
         else:
             g, u = self.gate_proj(x), self.up_proj(x)
         if lora is not None:
             g = lora.add_delta(g, x, layer, "mlp.gate_proj")
             u = lora.add_delta(u, x, layer, "mlp.up_proj")
-        h = F.silu(g) * u
+        h = ops.silu_mul(gate_up) if self.gate_up_weight is not None else F.silu(g) * u
         y = self.down_proj(h) if self.gate_up_weight is None else linear(h, self.down_weight)
         return y if lora is None else lora.add_delta(y, h, layer, "mlp.down_proj")
 
@@ -134,9 +142,19 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, pool, layer, batch, lora):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, pool, layer, batch, lora)
-        return x + self.mlp(self.post_attention_layernorm(x), layer, lora)
+    def forward(self, h, residual, cos, sin, pool, layer, batch, lora):
+        """vLLM's form: `h` is the previous sublayer's output, not yet added to `residual`,
+        the stream (None at a block's first layer, where `h` is the stream itself). Each
+        norm adds its input to the stream in place first (one fused pass). Returns the pair
+        after this layer; the block adds the last `h` to the stream."""
+        if residual is None:
+            residual = h.clone()  # the stream is ours to update; the caller's input stays
+            h = self.input_layernorm(residual)
+        else:
+            h = self.input_layernorm.add_(residual, h)
+        h = self.self_attn(h, cos, sin, pool, layer, batch, lora)
+        h = self.post_attention_layernorm.add_(residual, h)
+        return self.mlp(h, layer, lora), residual
 
 
 class EmbeddingBlock(nn.Module):
@@ -189,9 +207,10 @@ class DecoderBlock(nn.Module):
         cfg = self.cfg
         cos, sin = batch.rope(self.inv_freq, x.dtype,
                               (cfg.rope_theta, cfg.rope_scaling, cfg.head_dim))
+        h, residual = x, None
         for j, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, pool, j, batch, lora)
-        return x
+            h, residual = layer(h, residual, cos, sin, pool, j, batch, lora)
+        return residual.add_(h)
 
 
 class HeadBlock(nn.Module):
