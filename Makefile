@@ -44,8 +44,9 @@ $(PEERS)/.ready:
 		"import vllm, importlib.metadata as m; print('peers: vllm', m.version('vllm'))"
 	touch $@
 
+# Unbuffered, so that a log cut off by a time limit still shows how far the tests got.
 test: setup
-	$(BIN)/python -m pytest -q tests
+	PYTHONUNBUFFERED=1 $(BIN)/python -m pytest -q tests --durations=15
 
 test-fast: setup
 	$(BIN)/python -m pytest -q tests -m "not slow"

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -29,11 +30,15 @@ def free_port() -> int:
 @contextlib.contextmanager
 def server_process(argv: list[str], env: dict | None = None, timeout_s: float = 180
                    ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`python ARGV --port P` until /health answers; yields (url, process); stops it after."""
+    """`python ARGV --port P` until /health answers; yields (url, process); stops it after.
+
+    Its stderr goes to a temporary file, not a pipe: a pipe nobody reads while the server runs
+    fills at 64 KiB and then blocks the server's next log line (a hang, not an error)."""
     port = free_port()
+    err = tempfile.TemporaryFile()
     proc = subprocess.Popen([sys.executable, *argv, "--port", str(port)],
                             env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+                            stderr=err)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + timeout_s
@@ -44,8 +49,9 @@ def server_process(argv: list[str], env: dict | None = None, timeout_s: float = 
             except httpx.TransportError:
                 pass
             if proc.poll() is not None or time.time() > deadline:
+                err.seek(0)
                 raise RuntimeError(f"server {' '.join(argv[:3])} did not start: "
-                                   f"{proc.stderr.read().decode()[-3000:]}")
+                                   f"{err.read().decode(errors='replace')[-3000:]}")
             time.sleep(0.2)
         yield url, proc
     finally:
@@ -55,3 +61,4 @@ def server_process(argv: list[str], env: dict | None = None, timeout_s: float = 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        err.close()

@@ -9,9 +9,15 @@ import os
 # then sleep; a sleeping thread wakes late, and a decode step runs hundreds of small regions.
 # Spinning longer (before torch is imported: libgomp reads it once) measured, in process at
 # 2 req/s on 2 cores with 5% other load: TPOT p50 149 -> 102 ms (89 ms without the load).
-os.environ.setdefault("GOMP_SPINCOUNT", "100000000")
+# The setting is this process's own: once torch (and libgomp with it) is loaded it is taken out
+# of the environment again, so that processes started from here (Ray actors, servers under
+# test, vLLM) do not inherit it: several spinning processes on 2 cores starve one another.
+if "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "100000000"
+    import torch  # noqa: F401,E402 - libgomp reads GOMP_SPINCOUNT when it is loaded
+    del os.environ["GOMP_SPINCOUNT"]
 
-import click
+import click  # noqa: E402
 
 from blockllm.errors import UserError
 
