@@ -7,7 +7,6 @@ import pytest
 
 from blockllm.errors import UserError
 from blockllm.runtime.config import EngineConfig
-from blockllm.runtime.devices import is_tied
 from blockllm.runtime.engine import Engine
 from blockllm.runtime.moves import move
 from tests.conftest import ENGINE_N as N
@@ -35,7 +34,7 @@ def test_local_devices_give_the_single_device_tokens(zoo4, cfg):
     used = {eng.where[k] for k in eng.where}
     assert used == set(range(cfg.devices)), "every device runs some block"
     for key, d in eng.where.items():
-        if is_tied(key):
+        if key.tied:
             m = next(m for m in eng.models if eng.key(m, eng.chains[m][-1]) == key)
             assert eng.where[eng.key(m, eng.chains[m][0])] == d, "tied head beside its embedding"
     if cfg.residency_unit == "model":
@@ -149,7 +148,7 @@ def test_blocks_move_between_devices_mid_generation_without_changing_a_token(
         assert all(t.free_pages == t.num_pages for t in eng.kv.tables.values())
         for m in eng.models:  # a tied head still sits beside its embedding
             head, embed = eng.key(m, eng.chains[m][-1]), eng.key(m, eng.chains[m][0])
-            assert not is_tied(head) or eng.where[head] == eng.where[embed]
+            assert not head.tied or eng.where[head] == eng.where[embed]
     finally:
         eng.close()
 

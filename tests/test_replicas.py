@@ -7,8 +7,8 @@ import random
 import pytest
 
 from blockllm.runtime.config import EngineConfig
-from blockllm.runtime.devices import base_key, is_tied, replica_index, replica_key
 from blockllm.runtime.engine import Engine
+from blockllm.runtime.keys import BlockKey
 from blockllm.runtime.moves import move
 from blockllm.runtime.placement import Workload, add_replicas, cluster_of
 from blockllm.runtime.request import State
@@ -59,7 +59,7 @@ def test_replicas_spread_requests_and_keep_the_single_device_tokens(zoo4, n, rep
         assert spread, "requests of one shared block ran on more than one of its replicas"
         for r in (r for _, _, r in reqs):
             keys = routes[r.id]
-            if is_tied(keys[-1]):
+            if keys[-1].tied:
                 assert eng.where[keys[-1]] == eng.where[keys[0]], "tied head by its embedding"
     finally:
         eng.close()
@@ -76,8 +76,8 @@ def test_replicas_survive_random_moves(zoo4):
         _check_tokens(eng, reqs, ref)
         assert eng.counters["moves"] > 20 and eng.counters["preemptions"] == 0
         for k in eng.where:  # a tied head's replica i still sits beside its embedding's
-            if is_tied(k):
-                embed = replica_key(base_key(k)[2], replica_index(k))
+            if k.tied:
+                embed = BlockKey(k.tied_embed, replica=k.replica)
                 assert eng.where[embed] == eng.where[k], k
     finally:
         eng.close()
@@ -138,7 +138,7 @@ def test_tied_heads_run_beside_the_request_s_embedding_replica(tied_zoo, n, plac
     eng = Engine(zoo, zoo.models(), EngineConfig(devices=n, replicas=2, placement=placement))
     try:
         head = eng.key("tbase", eng.chains["tbase"][-1])
-        assert is_tied(head) and len(eng.replicas[head]) == 2
+        assert head.tied and len(eng.replicas[head]) == 2
         reqs, routes, used = _serve(eng, zoo)
         _check_tokens(eng, reqs, ref)
         for keys in routes.values():
@@ -157,7 +157,7 @@ def test_a_tied_group_moves_whole_or_not_at_all(tied_zoo):
         embed = eng.key("tbase", eng.chains["tbase"][0])
         head = eng.key("tbase", eng.chains["tbase"][-1])
         rep = next(r for r in eng.replicas[embed] if eng.resident(r))  # the one that ran
-        head_rep = replica_key(head, replica_index(rep))
+        head_rep = head.replica_of(rep.replica)
         assert eng.resident(head_rep)
         dst = next(d for d in range(3) if d not in {eng.where[r] for r in eng.replicas[embed]})
         before = dict(eng.where)

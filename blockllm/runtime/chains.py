@@ -8,7 +8,6 @@ the other served models anyway, cost nothing extra to load, and busy blocks cost
 
 from __future__ import annotations
 
-from blockllm.runtime.devices import base_key
 from blockllm.zoo.partition import ChainEntry
 
 
@@ -32,10 +31,10 @@ def assemble_chain(engine, model: str) -> tuple[ChainEntry, ...]:
         return engine.chains[model]
     from blockllm.zoo.assembly import assemble, chain_blocks
     others = set().union(*(chain_blocks(c) for m, c in engine.chains.items() if m != model))
-    resident = frozenset(base_key(k) for r in engine.memory for k in r.keys()) | others
+    resident = frozenset(k.block for r in engine.memory for k in r.keys()) | others
     load: dict = {}
-    for k, q in engine.queues.items():  # a block's queue: summed over its replicas
-        load[base_key(k)] = load.get(base_key(k), 0.0) + len(q)
+    for k, q in engine.queues.items():  # a block's queue: summed over its replicas (and copies)
+        load[k.block] = load.get(k.block, 0.0) + len(q)
     sizes = {b: r.nbytes for b, r in engine.info.items()}
     opts = [("exact", engine.chains[model], 0.0)] + [
         o for o in engine.options[model] if o[0] != "exact"]

@@ -5,7 +5,7 @@ Keys are placed once, at start, by the same functions the cluster simulator uses
 the workload, each device is one GPU of one server (the links of one machine). A block in
 the chains of several served models gets up to `EngineConfig.replicas` replicas
 (`placement.add_replicas`: on the least busy devices with room), each a key of its own
-(`replica_key`: its own worker, queue and KV pool); which replica a request uses is
+(`BlockKey.replica`: its own worker, queue and KV pool); which replica a request uses is
 `runtime.routing`. Two rules override the placement: a tied head runs where its embedding
 is, one replica beside each of the embedding's (its logits read the embedding's weight), and
 with whole-model residency (the per-model baseline) each model's blocks all go to one
@@ -15,10 +15,10 @@ device, models spread round-robin, one replica each.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable
 
 from blockllm.errors import UserError
 from blockllm.runtime.config import EngineConfig
+from blockllm.runtime.keys import BlockKey
 from blockllm.runtime.placement import (
     PLACEMENTS,
     Cluster,
@@ -33,27 +33,6 @@ def service_s(nbytes: int) -> float:
     """A block's estimated seconds per pass before any is measured: its weights read at 1 TB/s
     (placement's load model and routing's load estimate share it)."""
     return nbytes / 1e12
-
-
-def replica_key(key: Hashable, i: int) -> Hashable:
-    """The key of replica i of a block key; replica 0 is the key itself."""
-    return key if i == 0 else (key, "replica", i)
-
-
-def base_key(key: Hashable) -> Hashable:
-    """The block key a replica key is a replica of (a key that is no replica: itself)."""
-    return key[0] if isinstance(key, tuple) and len(key) == 3 and key[1] == "replica" else key
-
-
-def replica_index(key: Hashable) -> int:
-    """i for the key of replica i (0 for a key that is no replica)."""
-    return key[2] if isinstance(key, tuple) and len(key) == 3 and key[1] == "replica" else 0
-
-
-def is_tied(key: Hashable) -> bool:
-    """A tied head's key (see Engine.key), or a replica of one: (block, "tied", embedding)."""
-    key = base_key(key)
-    return isinstance(key, tuple) and len(key) == 3 and key[1] == "tied"
 
 
 def device_names(cfg: EngineConfig) -> list[str]:
@@ -92,7 +71,7 @@ def topology(hosts: list, cfg: EngineConfig) -> Cluster:
     return Cluster(tuple(Device(index[s], 0) for s in labels))  # memory: see place_keys
 
 
-def place_keys(engine, rates: dict[str, float] | None = None) -> dict[Hashable, tuple[int, ...]]:
+def place_keys(engine, rates: dict[str, float] | None = None) -> dict[BlockKey, tuple[int, ...]]:
     """The devices of the replicas of every block key the engine may run (base keys, first
     replica first). `rates`: requests per model (the popularity of its chains; equal when
     None)."""
@@ -133,18 +112,18 @@ def place_keys(engine, rates: dict[str, float] | None = None) -> dict[Hashable, 
             where[engine.key(m, e)] = placed[e.block]
         embed = where[engine.key(m, engine.chains[m][0])]
         for e in entries[m]:
-            if is_tied(engine.key(m, e)):
+            if engine.key(m, e).tied:
                 where[engine.key(m, e)] = embed
     return where
 
 
-def key_layout(engine, placed: dict[Hashable, tuple[int, ...]]) -> tuple[dict, dict, dict]:
+def key_layout(engine, placed: dict[BlockKey, tuple[int, ...]]) -> tuple[dict, dict, dict]:
     """From `place_keys`'s output: replicas (block key -> its replica keys), where (replica
     key -> device) and entry_of (replica key -> (chain entry, model))."""
-    replicas = {k: tuple(replica_key(k, i) for i in range(len(devs)))
+    replicas = {k: tuple(k.replica_of(i) for i in range(len(devs)))
                 for k, devs in placed.items()}
-    where = {replica_key(k, i): d for k, devs in placed.items() for i, d in enumerate(devs)}
-    entry_of: dict[Hashable, tuple] = {}
+    where = {k.replica_of(i): d for k, devs in placed.items() for i, d in enumerate(devs)}
+    entry_of: dict[BlockKey, tuple] = {}
     for m in engine.models:
         for e in engine._all_entries(m):
             for r in replicas[engine.key(m, e)]:

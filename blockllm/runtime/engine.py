@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 
 import torch
 
@@ -27,7 +27,8 @@ from blockllm.models.sampling import SamplingParams, sample
 from blockllm.runtime.batch_policy import batch_limit
 from blockllm.runtime.chains import assemble_chain, load_options
 from blockllm.runtime.config import EngineConfig
-from blockllm.runtime.devices import is_tied, key_layout, make_hosts, place_keys, topology
+from blockllm.runtime.devices import key_layout, make_hosts, place_keys, topology
+from blockllm.runtime.keys import BlockKey
 from blockllm.runtime.kv_manager import KVManager
 from blockllm.runtime.moves import replan
 from blockllm.runtime.request import Request, State
@@ -75,9 +76,9 @@ class Engine:
         self.served: dict[str, float] = {}  # requests per model, decayed at each placement
         self.last_plan = time.perf_counter()
         self.inflight: dict[int, Inflight] = {}  # device -> the batch running there
-        self.limits: dict[Hashable, int] = {}
+        self.limits: dict[BlockKey, int] = {}
         self._curves: dict[str, list[tuple[int, float]]] = {}
-        self.queues: dict[Hashable, deque[tuple[float, Request]]] = {}
+        self.queues: dict[BlockKey, deque[tuple[float, Request]]] = {}
         self.waiting: deque[Request] = deque()
         self.running: dict[int, Request] = {}
         self._ids = itertools.count()
@@ -89,20 +90,20 @@ class Engine:
                          "block_failures": 0, "step_seconds": 0.0, "block_seconds": 0.0,
                          "load_seconds": 0.0, "prefetches": 0, "prefetch_hits": 0,
                          "prefetch_wasted": 0, "moves": 0}
-        self.speculative: set[Hashable] = set()  # loaded speculatively, not run yet
-        self.last_batch: dict[Hashable, int] = {}
+        self.speculative: set[BlockKey] = set()  # loaded speculatively, not run yet
+        self.last_batch: dict[BlockKey, int] = {}
 
     # ---- keys, chains, sizes ------------------------------------------------------------
 
-    def key(self, model: str, entry: ChainEntry) -> Hashable:
+    def key(self, model: str, entry: ChainEntry) -> BlockKey:
         """A block's identity in the engine: shared across models unless sharing is off."""
-        base = entry.block if self.cfg.share_blocks else (model, entry.block)
+        owner = None if self.cfg.share_blocks else model
+        tied = None
         if self.info[entry.block].kind == "head" and self.models[model].tie_word_embeddings:
-            # its logits need the embedding's weight: see is_tied
-            return (base, "tied", self.chains[model][0].block)
-        return base
+            tied = self.chains[model][0].block  # its logits read the embedding's weight
+        return BlockKey(entry.block, owner, tied)
 
-    def weight_bytes(self, key: Hashable) -> int:
+    def weight_bytes(self, key: BlockKey) -> int:
         """Bytes `key`'s block holds on its device: its tensors, and for a tied model's
         embedding with packed weights (CPU) the packed copy its heads' logits read."""
         entry, model = self.entry_of[key]
@@ -112,17 +113,17 @@ class Engine:
             return 2 * row.nbytes
         return row.nbytes
 
-    def residency(self, key: Hashable) -> Residency:
+    def residency(self, key: BlockKey) -> Residency:
         """The memory of the device that runs `key`."""
         return self.memory[self.where[key]]
 
-    def resident(self, key: Hashable) -> bool:
+    def resident(self, key: BlockKey) -> bool:
         return self.residency(key).resident(key)
 
     def memory_used(self) -> int:
         return sum(r.used for r in self.memory)
 
-    def evict(self, key: Hashable) -> None:
+    def evict(self, key: BlockKey) -> None:
         """Free the block's weights on its device (its KV pool stays)."""
         self.hosts[self.where[key]].drop(key)
         if self.resident(key):
@@ -243,21 +244,21 @@ class Engine:
                 if item[1] is req:
                     q.remove(item)
 
-    def tied_embed_key(self, key: Hashable, req: Request) -> Hashable | None:
+    def tied_embed_key(self, key: BlockKey, req: Request) -> BlockKey | None:
         """For a tied head's key, the key of the embedding replica its logits need (on the
         head's device: see runtime.routing)."""
-        return req.keys[0] if is_tied(key) else None
+        return req.keys[0] if key.tied else None
 
     def _enqueue(self, req: Request) -> None:
         key = req.keys[req.stage]
         self.queues.setdefault(key, deque()).append((time.perf_counter(), req))
 
-    def block_failed(self, key: Hashable, reqs: list[Request], exc: Exception) -> None:
+    def block_failed(self, key: BlockKey, reqs: list[Request], exc: Exception) -> None:
         """A block call raised: its batch's requests end with the reason (their KV is freed),
         the worker is dropped so the next use reloads it from the zoo (hash-checked)."""
         self.counters["block_failures"] += 1
         for r in reqs:
-            self.abort(r, f"error: block {str(key)[:40]} failed: {exc!r}")
+            self.abort(r, f"error: block {key} failed: {exc!r}")
         self.evict(key)
 
     def _break_deadlock(self) -> None:
@@ -304,7 +305,7 @@ class Engine:
 
     # ---- blocks on the devices ----------------------------------------------------------
 
-    def load(self, key: Hashable, entry: ChainEntry, model: str, wait: bool = True) -> None:
+    def load(self, key: BlockKey, entry: ChainEntry, model: str, wait: bool = True) -> None:
         """Load the block on its device (a decoder's KV pool with it, the first time);
         wait=False: speculatively, in the background (see runtime.speculation)."""
         pages = self.kv.tables[key].num_pages if key in self.kv.tables else 0
@@ -331,13 +332,13 @@ class Engine:
                 if self.resident(key):
                     self.limit(key, e)
 
-    def limit(self, key: Hashable, entry: ChainEntry) -> int:
+    def limit(self, key: BlockKey, entry: ChainEntry) -> int:
         """The block's batch limit in tokens: fixed, or from its shape's latency curve."""
         if key not in self.limits:
             self.limits[key] = self._limit(key, entry)
         return self.limits[key]
 
-    def _limit(self, key: Hashable, entry: ChainEntry) -> int:
+    def _limit(self, key: BlockKey, entry: ChainEntry) -> int:
         if self.cfg.batch_tokens is not None:
             return self.cfg.batch_tokens
         row = self.info[entry.block]

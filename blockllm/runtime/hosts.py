@@ -13,7 +13,7 @@ and its device computes while the engine schedules the others.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -23,6 +23,7 @@ from blockllm.models.attention import AttnBatch
 from blockllm.models.config import LlamaConfig
 from blockllm.models.kv_cache import KVLayout, KVPool
 from blockllm.models.lora import LoraAdapter
+from blockllm.runtime.keys import BlockKey
 from blockllm.runtime.workers import BlockWorker, new_pool, profile_latency
 from blockllm.zoo.partition import Block, concat_decoders
 from blockllm.zoo.store import Zoo
@@ -31,11 +32,11 @@ from blockllm.zoo.store import Zoo
 @dataclass(frozen=True)
 class BatchCall:
     """One block call, in plain data so it can cross to another process."""
-    key: Hashable
+    key: BlockKey
     inputs: list[torch.Tensor]  # ids (n_i,) for the embedding, else hidden (n_i, h)
     attn: AttnBatch | None = None  # decoder blocks: slots and page tables of this step
     adapters: tuple[str | None, ...] | None = None  # per request LoRA adapter id
-    tied_key: Hashable | None = None  # a tied head: the key of the embedding it reads
+    tied_key: BlockKey | None = None  # a tied head: the key of the embedding it reads
     kind: str = ""  # the block's kind (embed, decoder, stitch, head)
     greedy: tuple[tuple[int, ...] | None, ...] | None = None  # head: per request, the token
     #   ids it may not pick (argmax on the device, only the id comes back), or None (its
@@ -51,16 +52,16 @@ class LocalHost:
         self.index, self.device, self.dtype = index, torch.device(device), getattr(torch, dtype)
         self.pack = pack  # decoder weights in oneDNN's layout (CPU: EngineConfig.pack_weights)
         self.server = "local"  # the machine: every local host shares this process's links
-        self.workers: dict[Hashable, BlockWorker] = {}
-        self.pools: dict[Hashable, object] = {}  # decoder key -> KVPool (kept across reloads)
+        self.workers: dict[BlockKey, BlockWorker] = {}
+        self.pools: dict[BlockKey, object] = {}  # decoder key -> KVPool (kept across reloads)
         self.adapters: dict[str | tuple, LoraAdapter] = {}  # by adapter id, or a segment's ids
-        self.part_layers: dict[Hashable, list[int]] = {}  # decoder key -> layers of each part
-        self._pending: dict[Hashable, tuple[Future, tuple]] = {}  # key -> (read, build args)
+        self.part_layers: dict[BlockKey, list[int]] = {}  # decoder key -> layers of each part
+        self._pending: dict[BlockKey, tuple[Future, tuple]] = {}  # key -> (read, build args)
         self._reader: ThreadPoolExecutor | None = None
 
     # ---- what the engine tells it -------------------------------------------------------
 
-    def load(self, key: Hashable, parts: tuple[str, ...], cfg: LlamaConfig, kv_pages: int = 0,
+    def load(self, key: BlockKey, parts: tuple[str, ...], cfg: LlamaConfig, kv_pages: int = 0,
              page_size: int = 16, wait: bool = True) -> None:
         """Build the worker of the zoo blocks `parts` (one block, or the decoder blocks of a
         segment, run as one: runtime/segments.py), each hash-checked, and, for a decoder seen
@@ -82,37 +83,37 @@ class LocalHost:
         return blocks[0] if len(blocks) == 1 else concat_decoders(blocks, "+".join(
             b.id[:12] for b in blocks))
 
-    def _build(self, key: Hashable, block, args: tuple) -> None:
+    def _build(self, key: BlockKey, block, args: tuple) -> None:
         cfg, kv_pages, page_size = args
         self.workers[key] = BlockWorker(cfg, block, self.device, self.dtype, self.pack)
         if block.kind == "decoder" and key not in self.pools:
             self.pools[key] = new_pool(cfg, block.signature["n_layers"], kv_pages, page_size,
                                        self.dtype, self.device)
 
-    def _settle(self, key: Hashable | None) -> None:
+    def _settle(self, key: BlockKey | None) -> None:
         """Finish a speculative load of `key` before its first use (raises what it raised)."""
         if key in self._pending:
             read, args = self._pending.pop(key)
             self._build(key, read.result(), args)
 
-    def drop(self, key: Hashable) -> None:
+    def drop(self, key: BlockKey) -> None:
         """Free the block's weights (its KV pool stays: requests may still hold pages)."""
         self._pending.pop(key, None)
         self.workers.pop(key, None)
 
-    def has(self, key: Hashable) -> bool:
+    def has(self, key: BlockKey) -> bool:
         return key in self.workers or key in self._pending
 
-    def take_pool(self, key: Hashable) -> tuple[KVLayout, torch.Tensor] | None:
+    def take_pool(self, key: BlockKey) -> tuple[KVLayout, torch.Tensor] | None:
         """Remove the block's KV pool from this device: (its layout, its tensor) (the block is
         moving: `put_pool` on its new device)."""
         pool = self.pools.pop(key, None)
         return None if pool is None else (pool.layout, pool.kv)
 
-    def put_pool(self, key: Hashable, layout: KVLayout, kv: torch.Tensor) -> None:
+    def put_pool(self, key: BlockKey, layout: KVLayout, kv: torch.Tensor) -> None:
         self.pools[key] = KVPool.of(layout, kv.to(self.device))
 
-    def profile(self, key: Hashable) -> list[tuple[int, float]]:
+    def profile(self, key: BlockKey) -> list[tuple[int, float]]:
         self._settle(key)
         return profile_latency(self.workers[key])
 
@@ -156,7 +157,7 @@ class LocalHost:
         inputs = [x.to(self.device) for x in call.inputs]
         return worker.run(inputs, self.pools.get(call.key), attn, adapters, tied, call.greedy)
 
-    def _adapter(self, spec: str | tuple[str | None, ...], key: Hashable) -> LoraAdapter:
+    def _adapter(self, spec: str | tuple[str | None, ...], key: BlockKey) -> LoraAdapter:
         """An adapter block on this device, or for a segment (`spec`: the adapter of each of
         its parts) those parts' adapters as one, layers renumbered along the segment."""
         if spec not in self.adapters:

@@ -20,25 +20,25 @@ moves at a later plan. With
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable
 
-from blockllm.runtime.devices import base_key, is_tied, place_keys, replica_index, replica_key
+from blockllm.runtime.devices import place_keys
+from blockllm.runtime.keys import BlockKey
 from blockllm.runtime.residency import OverBudget
 from blockllm.runtime.segments import parts_of
 
 
-def _group(engine, key: Hashable) -> list[Hashable]:
+def _group(engine, key: BlockKey) -> list[BlockKey]:
     """The keys that move together: an embedding's replica with the replicas of the tied
     heads that read it (replica i of a tied head sits beside replica i of its embedding)."""
-    group, i = {key}, replica_index(key)
+    group, i = {key}, key.replica
     for m, chain in engine.chains.items():
         embed, head = engine.key(m, chain[0]), engine.key(m, chain[-1])
-        if is_tied(head) and base_key(key) in (embed, head):
-            group |= {replica_key(embed, i), replica_key(head, i)}
+        if head.tied and key.base in (embed, head):
+            group |= {embed.replica_of(i), head.replica_of(i)}
     return sorted(group, key=str)
 
 
-def move(engine, key: Hashable, dst: int) -> bool:
+def move(engine, key: BlockKey, dst: int) -> bool:
     """Move `key` (and what must stay beside it) to device `dst`, all of the group or none.
     False: not now (one of them is running, or their resident weights do not fit on `dst`
     beside the block running there)."""
@@ -58,8 +58,8 @@ def move(engine, key: Hashable, dst: int) -> bool:
     return True
 
 
-def _move_one(engine, key: Hashable, dst: int, entry_model: tuple,
-              pinned: list[Hashable]) -> None:
+def _move_one(engine, key: BlockKey, dst: int, entry_model: tuple,
+              pinned: list[BlockKey]) -> None:
     src = engine.where[key]
     if src == dst:
         return
@@ -84,7 +84,7 @@ def _move_one(engine, key: Hashable, dst: int, entry_model: tuple,
     engine.counters["moves"] += 1
 
 
-def _targets(engine, key: Hashable, devs: tuple[int, ...]) -> dict[Hashable, int]:
+def _targets(engine, key: BlockKey, devs: tuple[int, ...]) -> dict[BlockKey, int]:
     """Moves that take `key`'s replicas to the devices `devs` of a new plan: a replica already
     on one of them stays; the others take the rest in order (the count of replicas stays as at
     start, so every request's route stays valid)."""

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Hashable
 
 from blockllm.errors import UserError
 from blockllm.runtime.hosts import BatchCall, LocalHost
+from blockllm.runtime.keys import BlockKey
 
 
 class _DeviceActor:
@@ -81,7 +81,7 @@ class RayHost:
 
     def __init__(self, actor, index: int, server: str = ""):
         self.actor, self.index, self.server = actor, index, server  # server: its Ray node
-        self._loaded: set[Hashable] = set()
+        self._loaded: set[BlockKey] = set()
 
     def load(self, key, parts, cfg, kv_pages=0, page_size=16, wait=True) -> None:
         """As LocalHost.load. wait=False returns at once; the actor reads the block on its

@@ -20,20 +20,13 @@ up front because coordinated KV reserves every block of the chain before the fir
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-
-from blockllm.runtime.devices import (
-    base_key,
-    is_tied,
-    replica_index,
-    replica_key,
-    service_s,
-)
+from blockllm.runtime.devices import service_s
+from blockllm.runtime.keys import BlockKey
 from blockllm.runtime.placement import route
 from blockllm.runtime.request import Request
 
 
-def set_keys(engine, req: Request, keys: tuple[Hashable, ...]) -> None:
+def set_keys(engine, req: Request, keys: tuple[BlockKey, ...]) -> None:
     """The request's key of each chain entry, and those of its decoder blocks (read on every
     hop and step)."""
     req.keys = keys
@@ -43,11 +36,11 @@ def set_keys(engine, req: Request, keys: tuple[Hashable, ...]) -> None:
 
 def route_request(engine, req: Request) -> None:
     """Choose the replica of each block of `req`'s chain (see the module doc)."""
-    base = tuple(base_key(k) for k in req.keys)
+    base = tuple(k.base for k in req.keys)
     if all(len(engine.replicas[k]) == 1 for k in base):
         return  # one replica each: its key is the block key
     n = len(req.feed)
-    usable: dict[Hashable, list[Hashable]] = {}  # block -> its replicas this request may use
+    usable: dict[BlockKey, list[BlockKey]] = {}  # block -> its replicas this request may use
     for k in set(base):
         reps = list(engine.replicas[k])
         if k in engine.kv.tables:  # a decoder block: replicas with room for this pass
@@ -58,8 +51,8 @@ def route_request(engine, req: Request) -> None:
     devices = route(list(base), options, engine.cluster, hop_bytes, busy_s=routed_load(engine))
     keys = [next(r for r in usable[k] if engine.where[r] == d)  # a replica on that device
             for k, d in zip(base, devices, strict=True)]
-    if is_tied(base[-1]):  # replica i of a tied head sits beside replica i of its embedding
-        keys[-1] = replica_key(base[-1], replica_index(keys[0]))
+    if base[-1].tied:  # replica i of a tied head sits beside replica i of its embedding
+        keys[-1] = base[-1].replica_of(keys[0].replica)
     set_keys(engine, req, tuple(keys))
 
 

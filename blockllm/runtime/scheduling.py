@@ -7,7 +7,7 @@ blocks (the one place tensors move).
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable
+
 from typing import NamedTuple
 
 import torch
@@ -15,6 +15,7 @@ import torch
 from blockllm.models.attention import AttnBatch
 from blockllm.runtime.faults import maybe_inject_fault
 from blockllm.runtime.hosts import BatchCall
+from blockllm.runtime.keys import BlockKey
 from blockllm.runtime.request import Request, State
 from blockllm.runtime.residency import OverBudget
 from blockllm.runtime.routing import route_request
@@ -50,7 +51,7 @@ def admit(engine) -> None:
         engine._enqueue(req)
 
 
-def _can_run(engine, key: Hashable, req: Request) -> bool:
+def _can_run(engine, key: BlockKey, req: Request) -> bool:
     """Uncoordinated mode: a decoder block runs a request only if its pool has room for it."""
     if engine.cfg.coordinate_kv or key not in engine.kv.tables:
         return True
@@ -58,7 +59,7 @@ def _can_run(engine, key: Hashable, req: Request) -> bool:
     return table.length(req.id) >= req.pass_end or table.can_append(req.id, len(req.feed))
 
 
-def pick(engine, device: int | None = None) -> Hashable | None:
+def pick(engine, device: int | None = None) -> BlockKey | None:
     """Which block runs next on `device` (None: on any device).
 
     Shared blocks (blockllm) run in waves: the runnable queue whose head is at the earliest
@@ -104,7 +105,7 @@ def queue_rank(stage: int, queued_at: float, arrival: float, penalty: float, now
     return (1, penalty > 0, stage, queued_at)
 
 
-def _load_penalty(engine, key: Hashable, req: Request) -> float:
+def _load_penalty(engine, key: BlockKey, req: Request) -> float:
     """0 when the block is resident or fits the free budget (loading it evicts nothing), else
     `load_penalty_s` per 128 MiB to load: work that would evict others waits a little."""
     mem = engine.residency(key)
@@ -116,14 +117,14 @@ def _load_penalty(engine, key: Hashable, req: Request) -> float:
     return engine.cfg.load_penalty_s * missing / 2**27
 
 
-def _missing_bytes(engine, key: Hashable, req: Request) -> int:
+def _missing_bytes(engine, key: BlockKey, req: Request) -> int:
     """Bytes that running `key` for `req` would load: the block, or its whole model."""
     if engine.cfg.residency_unit != "model":
         return engine.weight_bytes(key)
     return sum(engine.weight_bytes(k) for k in req.keys if not engine.resident(k))
 
 
-def _ensure_resident(engine, key: Hashable, req: Request) -> bool:
+def _ensure_resident(engine, key: BlockKey, req: Request) -> bool:
     """Load the block (and a tied head's embedding) under the memory budget. True if cold.
 
     With whole-model residency (the per-model baseline) the unit is the request's whole chain.
@@ -148,7 +149,7 @@ def _ensure_resident(engine, key: Hashable, req: Request) -> bool:
     return bool(load)
 
 
-def take(engine, key: Hashable) -> list[Request]:
+def take(engine, key: BlockKey) -> list[Request]:
     """Requests from the block's queue: decodes up to its token limit, then prompt chunks up
     to `prefill_chunk` tokens (at least one request)."""
     q = engine.queues[key]
@@ -196,7 +197,7 @@ def take(engine, key: Hashable) -> list[Request]:
 
 class Inflight(NamedTuple):
     """A batch running on a device."""
-    key: Hashable
+    key: BlockKey
     kind: str
     reqs: list[Request]
     epochs: list[tuple]  # (preemptions, state) of each request when it started
@@ -204,7 +205,7 @@ class Inflight(NamedTuple):
     t0: float
 
 
-def launch(engine, device: int, key: Hashable, reqs: list[Request]) -> None:
+def launch(engine, device: int, key: BlockKey, reqs: list[Request]) -> None:
     """Start the batch on its device; its outputs are taken in by `finish_ready`."""
     if not reqs:
         return

@@ -25,14 +25,12 @@ an H100 with small SmolLM2-shaped blocks (loads are short there), so it is off b
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-
-from blockllm.runtime.devices import base_key, is_tied
+from blockllm.runtime.keys import BlockKey
 from blockllm.runtime.request import Request
 from blockllm.runtime.residency import OverBudget
 
 
-def upcoming(engine, ahead: int) -> dict[Hashable, tuple]:
+def upcoming(engine, ahead: int) -> dict[BlockKey, tuple]:
     """Blocks the requests in flight and in queues will run within `ahead` hops, soonest
     first: key -> (chain entry, model)."""
     reqs: list[tuple[Request, int]] = []  # (request, hops already certain)
@@ -40,7 +38,7 @@ def upcoming(engine, ahead: int) -> dict[Hashable, tuple]:
         reqs += [(r, 1) for r in running.reqs]  # running now: its next block is one hop away
     for q in engine.queues.values():
         reqs += [(r, 0) for _, r in q]  # queued: this block, then the next
-    out: dict[Hashable, tuple] = {}
+    out: dict[BlockKey, tuple] = {}
     for hop in range(ahead + 1):
         for r, start in reqs:
             if hop < start:
@@ -51,14 +49,14 @@ def upcoming(engine, ahead: int) -> dict[Hashable, tuple]:
     return out
 
 
-def _in_use(engine) -> set[Hashable]:
+def _in_use(engine) -> set[BlockKey]:
     """Every block in the chain of an admitted or waiting request: a guess may not evict
     these (measured: evicting blocks only a few hops away made 10x the loads it saved)."""
-    out: set[Hashable] = set()
+    out: set[BlockKey] = set()
     for r in engine.running.values():
         out.update(r.keys)
     for r in engine.waiting:  # not routed yet: any replica of its blocks may become its own
-        out.update(x for k in r.keys for x in engine.replicas[base_key(k)])
+        out.update(x for k in r.keys for x in engine.replicas[k.base])
     return out
 
 
@@ -66,13 +64,13 @@ def speculate(engine) -> None:
     if not engine.cfg.speculate or engine.cfg.residency_unit == "model":
         return
     wanted = upcoming(engine, engine.cfg.speculate_ahead)
-    busy: set[Hashable] | None = None  # computed only when a guess would need room
+    busy: set[BlockKey] | None = None  # computed only when a guess would need room
     started: set[int] = set()
     for key, (entry, model) in wanted.items():
         d = engine.where[key]
         if d in started or engine.resident(key):
             continue
-        if is_tied(key):
+        if key.tied:
             continue  # a tied head is norm weights only; it loads with its embedding, on use
         mem, size = engine.residency(key), engine.weight_bytes(key)
         if mem.used + size > mem.budget and busy is None:

@@ -10,13 +10,6 @@ from blockllm.runtime.request import Request
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
-def _label(key) -> str:
-    """A block key as a label: ids cut to 12 characters, tuple parts (tied, replica) by "/"."""
-    if isinstance(key, tuple):
-        return "/".join(_label(k) for k in key)
-    return str(key)[:12]
-
-
 class _EngineCollector:
     def __init__(self, aengine):
         self.aengine = aengine
@@ -31,7 +24,7 @@ class _EngineCollector:
         for name, doc, field in families:
             g = GaugeMetricFamily(name, doc, labels=["block"])
             for k, n in snap[field].items():
-                g.add_metric([_label(k)], n)
+                g.add_metric([str(k)], n)
             yield g
         yield GaugeMetricFamily("blockllm_resident_bytes", "block weight bytes on the devices",
                                 value=snap["resident_bytes"])
