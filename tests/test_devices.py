@@ -82,13 +82,6 @@ def test_bad_device_settings_are_named(zoo4):
         Engine(zoo, zoo.models(), EngineConfig(devices=2, device="cuda:1"))
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    ray = pytest.importorskip("ray")
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.parametrize("n,placement", [(2, "locality"), (4, "round_robin")])
 def test_ray_actors_give_the_single_process_tokens(zoo4, ray_session, n, placement):
     zoo, ref = zoo4
@@ -145,7 +138,7 @@ def test_blocks_move_between_devices_mid_generation_without_changing_a_token(
         for m, i, r in reqs:
             assert r.output == ref[m][i], (m, i)
         assert eng.counters["moves"] > 20 and eng.counters["preemptions"] == 0
-        assert all(t.free_pages == t.num_pages for t in eng.kv.tables.values())
+        assert all(t.free_pages == t.num_pages for t in eng.sched.kv.tables.values())
         for m in eng.models:  # a tied head still sits beside its embedding
             head, embed = eng.key(m, eng.chains[m][-1]), eng.key(m, eng.chains[m][0])
             assert not head.tied or eng.where[head] == eng.where[embed]

@@ -65,9 +65,9 @@ def test_engine_outputs_equal_the_reference_for_every_model(zoo4, cfg):
     elif cfg.kv_budget < 10_000_000:
         assert eng.counters["deadlocks"] == 0, "coordinated KV never deadlocks"
     if cfg.memory_budget < 1_000_000:
-        assert sum(m.evictions for m in eng.memory) > 0
-        assert all(m.used <= cfg.memory_budget for m in eng.memory)
-    for t in eng.kv.tables.values():
+        assert sum(m.evictions for m in eng.weights.memory) > 0
+        assert all(m.used <= cfg.memory_budget for m in eng.weights.memory)
+    for t in eng.sched.kv.tables.values():
         assert t.free_pages == t.num_pages, "every page is returned"
 
 
@@ -82,7 +82,7 @@ def test_shared_blocks_batch_requests_of_several_models(zoo4):
     alone = Engine(zoo, zoo.models(), EngineConfig(share_blocks=False))
 
     def kv_layers(e):  # decoder layers that hold KV: shared layers hold it once
-        return sum(e.info[e.entry_of[k][0].block].signature["n_layers"] for k in e.kv.tables)
+        return sum(e.info[e.entry_of[k][0].block].signature["n_layers"] for k in e.sched.kv.tables)
     assert kv_layers(shared) == 3 + 1 + 3 < kv_layers(alone) == 4 * 3
 
 
@@ -200,7 +200,7 @@ def test_a_failing_block_ends_its_batch_frees_its_kv_and_the_engine_keeps_servin
     assert hit.finish_reason.startswith("error: block") and "device lost" in hit.finish_reason
     assert other.output == ref["other"][1]
     assert eng.counters["block_failures"] == 1 and key not in workers  # dropped
-    assert all(eng.kv.used_pages(k) == 0 for k in eng.kv.tables), "no KV pages leak"
+    assert all(eng.sched.kv.used_pages(k) == 0 for k in eng.sched.kv.tables), "no KV pages leak"
     again = eng.submit("base", PROMPTS[0], max_tokens=N, stop_ids=frozenset())
     while eng.has_work():
         eng.step()

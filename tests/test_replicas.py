@@ -27,10 +27,10 @@ def _serve(eng, zoo, on_step=None):
         eng.step()
         steps += 1
         assert steps < 20000, "no progress"
-        used |= set(eng.last_batch)
-        for r in eng.running.values():
+        used |= set(eng.sched.last_batch)
+        for r in eng.sched.running.values():
             assert routes.setdefault(r.id, r.keys) == r.keys, "a route changed while KV is held"
-            held = {k for k, t in eng.kv.tables.items() if t.length(r.id)}
+            held = {k for k, t in eng.sched.kv.tables.items() if t.length(r.id)}
             assert held <= set(r.decoder_keys), "KV only in the request's own replicas"
         if on_step:
             on_step()
@@ -83,8 +83,7 @@ def test_replicas_survive_random_moves(zoo4):
         eng.close()
 
 
-def test_ray_replicas_give_the_single_process_tokens(zoo4):
-    pytest.importorskip("ray")
+def test_ray_replicas_give_the_single_process_tokens(zoo4, ray_session):
     zoo, ref = zoo4
     eng = Engine(zoo, zoo.models(), EngineConfig(devices=2, replicas=2, backend="ray"))
     try:
@@ -156,15 +155,15 @@ def test_a_tied_group_moves_whole_or_not_at_all(tied_zoo):
         eng.generate("tbase", [PROMPTS[0]], 3, stop_ids=frozenset())  # both resident
         embed = eng.key("tbase", eng.chains["tbase"][0])
         head = eng.key("tbase", eng.chains["tbase"][-1])
-        rep = next(r for r in eng.replicas[embed] if eng.resident(r))  # the one that ran
+        rep = next(r for r in eng.replicas[embed] if eng.weights.resident(r))  # the one that ran
         head_rep = head.replica_of(rep.replica)
-        assert eng.resident(head_rep)
+        assert eng.weights.resident(head_rep)
         dst = next(d for d in range(3) if d not in {eng.where[r] for r in eng.replicas[embed]})
         before = dict(eng.where)
-        mem = eng.memory[dst]
+        mem = eng.weights.memory[dst]
         for k in list(mem.keys()):
-            eng.evict(k)
-        mem.budget = eng.residency(head_rep).size(head_rep) + 10  # the head fits, not both
+            eng.weights.evict(k)
+        mem.budget = eng.weights.residency(head_rep).size(head_rep) + 10  # the head fits, not both
         assert not move(eng, rep, dst), "the embedding does not fit there"
         assert eng.where == before, "nothing of the group moved"
         mem.budget = 1 << 40

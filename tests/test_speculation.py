@@ -27,7 +27,7 @@ def test_speculation_changes_no_token(zoo4, speculate, devices):
     else:
         assert c["prefetches"] > 0 and c["prefetch_hits"] > 0, c
         assert c["prefetch_hits"] + c["prefetch_wasted"] <= c["prefetches"]
-    assert all(m.used <= TIGHT for m in eng.memory), "speculation stays inside the budget"
+    assert all(m.used <= TIGHT for m in eng.weights.memory), "speculation stays inside the budget"
 
 
 def test_upcoming_looks_along_the_chain_and_wraps_past_the_head(zoo4):

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,10 +57,14 @@ def native():
     from torch.utils import cpp_extension
     _ninja_on_path()
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES)).hexdigest()[:10]
+    name = f"blockllm_kernels_{digest}_{_cpu_id()}"  # sources and CPU: a build is never stale
+    build = Path(cpp_extension._get_build_directory(name, verbose=False))
+    if _load_built(build / f"{name}.so"):
+        return torch.ops.blockllm
+    _clear_stale_lock(build / "lock")
     try:
         cpp_extension.load(
-            f"blockllm_kernels_{digest}_{_cpu_id()}", [str(p) for p in SOURCES],
-            is_python_module=False, verbose=False,
+            name, [str(p) for p in SOURCES], is_python_module=False, verbose=False,
             extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffast-math"],
             extra_ldflags=["-fopenmp"])
     except Exception as e:  # noqa: BLE001 - no compiler, or a failed build: the torch path
@@ -67,6 +72,31 @@ def native():
                     str(e).splitlines()[0] if str(e) else type(e).__name__)
         return None
     return torch.ops.blockllm
+
+
+def _load_built(so: Path) -> bool:
+    """Load a library built before, without cpp_extension: its `load` takes a lock file in
+    the build folder in every process, even when nothing needs building, and a process
+    killed while holding it (a server stopped during start-up) left every later process
+    waiting for it forever."""
+    if not so.exists():
+        return False
+    try:
+        torch.ops.load_library(str(so))
+    except OSError:  # a build cut short: build it again
+        return False
+    return True
+
+
+def _clear_stale_lock(lock: Path, stale_s: float = 600) -> None:
+    """Remove a build lock older than any build takes (about 2 minutes on 2 cores): its
+    holder died (cpp_extension waits for a lock without a timeout)."""
+    try:
+        if time.time() - lock.stat().st_mtime > stale_s:
+            lock.unlink()
+            log.warning("removed a stale kernel build lock %s", lock)
+    except FileNotFoundError:
+        pass
 
 
 def paged_decode() -> Callable | None:

@@ -62,7 +62,8 @@ void rope_head(scalar_t* x, const scalar_t* c, const scalar_t* s, int64_t half) 
 
 // x: (T, h) contiguous; returns RMSNorm(x) * weight.
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && weight.is_contiguous(), "rms_norm: (T, h)");
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && weight.is_contiguous() &&
+              weight.numel() == x.size(1), "rms_norm: x (T, h), weight (h,)");
   auto y = at::empty_like(x);
   const int64_t T = x.size(0), h = x.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rms_norm", [&] {
@@ -79,7 +80,8 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 at::Tensor add_rms_norm_(at::Tensor& residual, const at::Tensor& x, const at::Tensor& weight,
                          double eps) {
   TORCH_CHECK(residual.dim() == 2 && residual.is_contiguous() && x.is_contiguous() &&
-              x.sizes() == residual.sizes(), "add_rms_norm_: (T, h) contiguous");
+              x.sizes() == residual.sizes() && weight.is_contiguous() &&
+              weight.numel() == x.size(1), "add_rms_norm_: (T, h) contiguous, weight (h,)");
   auto y = at::empty_like(x);
   const int64_t T = x.size(0), h = x.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "add_rms_norm_",
@@ -123,7 +125,8 @@ at::Tensor rope_qk_(at::Tensor& qkv, const at::Tensor& cos, const at::Tensor& si
               sin.is_contiguous() && cos.dim() == 2, "rope_qk_: qkv (T, .), cos/sin (T, D)");
   const int64_t T = qkv.size(0), D = cos.size(1), half = D / 2;
   const int64_t width = qkv.size(1), heads = n_heads + n_kv_heads;
-  TORCH_CHECK(width == (n_heads + 2 * n_kv_heads) * D && cos.size(0) == T, "rope_qk_: shapes");
+  TORCH_CHECK(width == (n_heads + 2 * n_kv_heads) * D && cos.size(0) == T &&
+              sin.sizes() == cos.sizes() && D % 2 == 0, "rope_qk_: shapes");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "rope_qk_", [&] {
     scalar_t* xp = qkv.data_ptr<scalar_t>();
     const scalar_t *cp = cos.data_ptr<scalar_t>(), *sp = sin.data_ptr<scalar_t>();

@@ -105,7 +105,8 @@ void dispatch_head_dim(int64_t D, const scalar_t* q, const scalar_t* k, const sc
 
 // q: (B, H, D); k_cache, v_cache: (num_pages, S, Hkv, D), contiguous; page_tables: (B, W)
 // int64; context_lens: (B,) int64 (0 gives zeros). Returns (B, H, D) in q's dtype.
-// Compiled with -ffast-math (vectorized exp): scores are finite, lengths are checked.
+// Compiled with -ffast-math (vectorized exp): scores are finite; lengths and page ids
+// are checked against the table and the pool.
 at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache,
                         const at::Tensor& v_cache, const at::Tensor& page_tables,
                         const at::Tensor& context_lens, double scale) {
@@ -119,7 +120,20 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_cache,
   const int64_t B = q.size(0), H = q.size(1), D = q.size(2);
   const int64_t S = k_cache.size(1), Hkv = k_cache.size(2);
   TORCH_CHECK(k_cache.size(3) == D && H % Hkv == 0, "head sizes do not match");
-  TORCH_CHECK(page_tables.size(0) == B && context_lens.size(0) == B, "one row per sequence");
+  TORCH_CHECK(page_tables.dim() == 2 && context_lens.dim() == 1 && page_tables.size(0) == B &&
+              context_lens.size(0) == B, "one row per sequence");
+  // the kernel trusts every length and page id it reads: a bookkeeping bug is an error here,
+  // not a read outside the pool (O(B * W) integers, nothing beside the attention itself)
+  if (B > 0) {
+    TORCH_CHECK(context_lens.min().item<int64_t>() >= 0 &&
+                context_lens.max().item<int64_t>() <= page_tables.size(1) * k_cache.size(1),
+                "paged_decode: a context length exceeds its page table");
+    if (page_tables.numel() > 0) {
+      TORCH_CHECK(page_tables.min().item<int64_t>() >= 0 &&
+                  page_tables.max().item<int64_t>() < k_cache.size(0),
+                  "paged_decode: a page id outside the pool");
+    }
+  }
   auto qc = q.contiguous();
   auto tables = page_tables.contiguous();
   auto lens = context_lens.contiguous();

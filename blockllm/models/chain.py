@@ -65,8 +65,12 @@ def build_block(cfg: LlamaConfig, kind: str, tensors: dict[str, torch.Tensor], *
 
 
 def packable(device, dtype: torch.dtype) -> bool:
-    """oneDNN's packed layout serves CPU matmuls in float32 and bfloat16."""
-    return torch.device(device).type == "cpu" and dtype in (torch.float32, torch.bfloat16)
+    """oneDNN's packed layout serves CPU matmuls in float32, and in bfloat16 where the CPU
+    has oneDNN's bf16 path (AVX-512 BF16/VNNI or AVX-NE-CONVERT; not on AVX2-only CPUs)."""
+    if torch.device(device).type != "cpu":
+        return False
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and
+                                      torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class ChainModel:

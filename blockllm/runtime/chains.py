@@ -21,7 +21,7 @@ def load_options(engine) -> dict[str, list[tuple]]:
         out[m] = [(o.label, o.chain, o.drop_points) for o in options_of(engine.zoo, m)
                   if o.drop_points <= b]
         for _, chain, _ in out[m]:
-            engine._register(chain)
+            engine.register(chain)
     return out
 
 
@@ -31,9 +31,9 @@ def assemble_chain(engine, model: str) -> tuple[ChainEntry, ...]:
         return engine.chains[model]
     from blockllm.zoo.assembly import assemble, chain_blocks
     others = set().union(*(chain_blocks(c) for m, c in engine.chains.items() if m != model))
-    resident = frozenset(k.block for r in engine.memory for k in r.keys()) | others
+    resident = frozenset(k.block for r in engine.weights.memory for k in r.keys()) | others
     load: dict = {}
-    for k, q in engine.queues.items():  # a block's queue: summed over its replicas (and copies)
+    for k, q in engine.sched.queues.items():  # a block's queue: summed over its replicas (and copies)
         load[k.block] = load.get(k.block, 0.0) + len(q)
     sizes = {b: r.nbytes for b, r in engine.info.items()}
     opts = [("exact", engine.chains[model], 0.0)] + [

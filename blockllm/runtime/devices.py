@@ -54,7 +54,7 @@ def make_hosts(zoo, cfg: EngineConfig) -> list:
     names = device_names(cfg)
     if cfg.backend == "ray":
         from blockllm.runtime.ray_hosts import ray_hosts
-        return ray_hosts(str(zoo.root), names, cfg.dtype, cfg.ray_address)
+        return ray_hosts(str(zoo.root), names, cfg.dtype, cfg.ray_address, cfg.pack_weights)
     from blockllm.runtime.hosts import LocalHost
     return [LocalHost(zoo, name, cfg.dtype, i, cfg.pack_weights) for i, name in enumerate(names)]
 
@@ -77,7 +77,7 @@ def place_keys(engine, rates: dict[str, float] | None = None) -> dict[BlockKey, 
     None)."""
     n, cfg = len(engine.hosts), engine.cfg
     models = list(engine.models)
-    entries = {m: engine._all_entries(m) for m in models}
+    entries = {m: engine.all_entries(m) for m in models}
     if n == 1:
         return {engine.key(m, e): (0,) for m in models for e in entries[m]}
     if cfg.residency_unit == "model":
@@ -125,7 +125,7 @@ def key_layout(engine, placed: dict[BlockKey, tuple[int, ...]]) -> tuple[dict, d
     where = {k.replica_of(i): d for k, devs in placed.items() for i, d in enumerate(devs)}
     entry_of: dict[BlockKey, tuple] = {}
     for m in engine.models:
-        for e in engine._all_entries(m):
+        for e in engine.all_entries(m):
             for r in replicas[engine.key(m, e)]:
                 entry_of.setdefault(r, (e, m))
     return replicas, where, entry_of

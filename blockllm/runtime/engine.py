@@ -1,12 +1,12 @@
 """The block-chain engine: `step()` = schedule a block's batch on every idle device, run them,
-postprocess what finished.
+postprocess what finished (runtime/scheduler.py decides, runtime/execution.py runs).
 
 Every block (key; each replica of a shared block is a key of its own) has a queue and a
 device (`devices.place_keys`); a request keeps one replica of each block, chosen at admission
 (`routing`). A request's pass goes embed -> decoder/stitch blocks -> head,
 waiting in each block's queue; a block shared by several models' chains batches all of their
 requests. After the head samples a token the request re-enters the embedding's queue. The
-scheduler picks, for each idle device, one of the blocks placed there (`scheduling.pick`),
+scheduler picks, for each idle device, one of the blocks placed there (`Scheduler.pick`),
 and takes as many requests as fit the block's token limit (profiled from its latency curve,
 or fixed). Devices are hosts (`runtime.hosts`): in this process, or Ray actors that compute
 while the engine schedules the others.
@@ -16,37 +16,28 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections import deque
 from collections.abc import Callable
 
 import torch
 
 from blockllm.errors import Busy, UserError
-from blockllm.models.chain import packable
 from blockllm.models.sampling import SamplingParams, sample
-from blockllm.runtime.batch_policy import batch_limit
 from blockllm.runtime.chains import assemble_chain, load_options
 from blockllm.runtime.config import EngineConfig
 from blockllm.runtime.devices import key_layout, make_hosts, place_keys, topology
+from blockllm.runtime.execution import Done, Executor
 from blockllm.runtime.keys import BlockKey
 from blockllm.runtime.kv_manager import KVManager
 from blockllm.runtime.moves import replan
 from blockllm.runtime.request import Request, State
-from blockllm.runtime.residency import Residency
-from blockllm.runtime.routing import set_keys
-from blockllm.runtime.segments import parts_of, segment_served
-from blockllm.runtime.scheduling import (
-    Inflight,
-    admit,
-    finish_ready,
-    launch,
-    pick,
-    reenter,
-    take,
-)
+from blockllm.runtime.residency import OverBudget
+from blockllm.runtime.routing import route_request, set_keys
+from blockllm.runtime.scheduler import Scheduler
+from blockllm.runtime.segments import segment_served
 from blockllm.runtime.speculation import speculate
+from blockllm.runtime.weights import Weights
 from blockllm.zoo.partition import ChainEntry
-from blockllm.zoo.store import Zoo
+from blockllm.zoo.store import CorruptBlock, Zoo
 
 
 class Engine:
@@ -59,7 +50,7 @@ class Engine:
         self.chains = {m: tuple(zoo.chain(m)) for m in models}
         self.info = {}  # block id -> BlockRow
         for chain in self.chains.values():
-            self._register(chain)
+            self.register(chain)
         self.options = load_options(self) if config.use_equivalence else {}
         if config.segments:  # decoder runs as segments: one queue, KV pool and call each
             self.chains, self.options = segment_served(
@@ -68,30 +59,26 @@ class Engine:
         self.hosts = make_hosts(zoo, config)
         self.cluster = topology(self.hosts, config)  # which devices share a server's links
         self.replicas, self.where, self.entry_of = key_layout(self, place_keys(self))
-        self.kv = KVManager.split({k: self._page_bytes(self.models[m], self.info[e.block])
-                                   for k, (e, m) in self.entry_of.items()
-                                   if self.info[e.block].kind == "decoder"},
-                                  config.kv_budget, config.page_size)
-        self.memory = [Residency(config.memory_budget) for _ in self.hosts]  # per device
-        self.served: dict[str, float] = {}  # requests per model, decayed at each placement
-        self.last_plan = time.perf_counter()
-        self.inflight: dict[int, Inflight] = {}  # device -> the batch running there
-        self.limits: dict[BlockKey, int] = {}
-        self._curves: dict[str, list[tuple[int, float]]] = {}
-        self.queues: dict[BlockKey, deque[tuple[float, Request]]] = {}
-        self.waiting: deque[Request] = deque()
-        self.running: dict[int, Request] = {}
-        self._ids = itertools.count()
-        self.on_token: Callable[[Request, int], None] | None = None
-        self.on_finish: Callable[[Request], None] | None = None
         # step_seconds = block_seconds (inside block calls) + load_seconds + the engine's own work
         self.counters = {"steps": 0, "block_calls": 0, "tokens": 0, "preemptions": 0,
                          "deadlocks": 0, "cold_loads": 0,
                          "block_failures": 0, "step_seconds": 0.0, "block_seconds": 0.0,
                          "load_seconds": 0.0, "prefetches": 0, "prefetch_hits": 0,
                          "prefetch_wasted": 0, "moves": 0}
-        self.speculative: set[BlockKey] = set()  # loaded speculatively, not run yet
-        self.last_batch: dict[BlockKey, int] = {}
+        kv = KVManager.split({k: self._page_bytes(self.models[m], self.info[e.block])
+                              for k, (e, m) in self.entry_of.items()
+                              if self.info[e.block].kind == "decoder"},
+                             config.kv_budget, config.page_size)
+        self.sched = Scheduler(config, kv, self.counters)  # queues, admission, KV, preemption
+        self.executor = Executor(self.hosts, kv, lambda r: self.info[r.chain[r.stage].block].kind,
+                                 self.counters)  # batches running on the devices
+        self.weights = Weights(config, self.hosts, self.where, self.entry_of, self.info,
+                               self.models, kv, self.counters)  # resident blocks, limits
+        self.served: dict[str, float] = {}  # requests per model, decayed at each placement
+        self.last_plan = time.perf_counter()
+        self._ids = itertools.count()
+        self.on_token: Callable[[Request, int], None] | None = None
+        self.on_finish: Callable[[Request], None] | None = None
 
     # ---- keys, chains, sizes ------------------------------------------------------------
 
@@ -103,36 +90,8 @@ class Engine:
             tied = self.chains[model][0].block  # its logits read the embedding's weight
         return BlockKey(entry.block, owner, tied)
 
-    def weight_bytes(self, key: BlockKey) -> int:
-        """Bytes `key`'s block holds on its device: its tensors, and for a tied model's
-        embedding with packed weights (CPU) the packed copy its heads' logits read."""
-        entry, model = self.entry_of[key]
-        row = self.info[entry.block]
-        if row.kind == "embed" and self.models[model].tie_word_embeddings and \
-                self.cfg.pack_weights and packable(self.cfg.device, self.dtype):
-            return 2 * row.nbytes
-        return row.nbytes
-
-    def residency(self, key: BlockKey) -> Residency:
-        """The memory of the device that runs `key`."""
-        return self.memory[self.where[key]]
-
-    def resident(self, key: BlockKey) -> bool:
-        return self.residency(key).resident(key)
-
-    def memory_used(self) -> int:
-        return sum(r.used for r in self.memory)
-
-    def evict(self, key: BlockKey) -> None:
-        """Free the block's weights on its device (its KV pool stays)."""
-        self.hosts[self.where[key]].drop(key)
-        if self.resident(key):
-            self.residency(key).remove(key)
-        if key in self.speculative:
-            self.speculative.discard(key)
-            self.counters["prefetch_wasted"] += 1
-
-    def _all_entries(self, model: str):
+    def all_entries(self, model: str):
+        """The entries of the model's chain and of its equivalent chains, each once."""
         seen = list(self.chains[model])
         for _, chain, _ in self.options.get(model, ()):
             seen += [e for e in chain if e not in seen]
@@ -143,7 +102,8 @@ class Engine:
         return 2 * self.cfg.page_size * cfg.num_key_value_heads * cfg.head_dim * \
             row.signature["n_layers"] * torch.empty((), dtype=self.dtype).element_size()
 
-    def _register(self, chain) -> None:
+    def register(self, chain) -> None:
+        """Learn the manifest rows of a chain's blocks and adapters."""
         for e in chain:
             for bid in (e.block, e.adapter):
                 if bid and bid not in self.info:
@@ -158,14 +118,14 @@ class Engine:
         """Queue a request. stop_ids: the tokens that end it (None: the model's EOS ids; empty:
         never, as vLLM's ignore_eos); min_tokens: those tokens cannot be sampled before this
         many tokens were generated (their logits are masked, as vLLM does)."""
-        self.check(model, prompt, max_tokens, min_tokens, len(self.waiting))
+        self.check(model, prompt, max_tokens, min_tokens, len(self.sched.waiting))
         cfg = self.models[model]
         stop = frozenset(cfg.eos_token_ids) if stop_ids is None else stop_ids
         req = Request(next(self._ids), model, list(prompt), params, max_tokens, stop,
                       assemble_chain(self, model), min_tokens=min_tokens,
                       chunk=self.cfg.prefill_chunk)
         set_keys(self, req, tuple(self.key(model, e) for e in req.chain))  # routed at admission
-        self.waiting.append(req)
+        self.sched.waiting.append(req)
         self.served[model] = self.served.get(model, 0) + 1
         return req
 
@@ -191,23 +151,22 @@ class Engine:
 
     def snapshot(self) -> dict:
         """What /metrics and /v1/models read, as plain data (taken on the engine's thread)."""
-        return {"queues": {k: len(q) for k, q in self.queues.items()},
-                "last_batch": dict(self.last_batch), "limits": dict(self.limits),
-                "kv_pages_used": {k: self.kv.used_pages(k) for k in self.kv.tables},
-                "resident": {k for r in self.memory for k in r.keys()},
-                "resident_bytes": self.memory_used(), "running": len(self.running),
-                "waiting": len(self.waiting), "counters": dict(self.counters)}
+        s = self.sched
+        return {"queues": {k: len(q) for k, q in s.queues.items()},
+                "last_batch": dict(s.last_batch), "limits": dict(self.weights.limits),
+                "kv_pages_used": {k: s.kv.used_pages(k) for k in s.kv.tables},
+                "resident": {k for r in self.weights.memory for k in r.keys()},
+                "resident_bytes": self.weights.used(), "running": len(s.running),
+                "waiting": len(s.waiting), "counters": dict(self.counters)}
 
     def abort(self, req: Request, reason: str = "abort") -> None:
         if req.state is State.FINISHED:
             return
-        self._dequeue(req)
-        if req in self.waiting:
-            self.waiting.remove(req)
+        self.sched.dequeue(req)
         self._finish(req, reason)
 
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running or self.inflight)
+        return bool(self.sched.waiting or self.sched.running or self.executor.inflight)
 
     def close(self) -> None:
         """Give the devices back (Ray actors end; local hosts free their tensors)."""
@@ -223,35 +182,68 @@ class Engine:
         if self.cfg.replan_s is not None and len(self.hosts) > 1 and \
                 t0 - self.last_plan >= self.cfg.replan_s:
             replan(self)
-        admit(self)
+        for req in self.sched.admit(lambda r: route_request(self, r)):
+            self._finish(req, f"error: {len(req.context)} tokens do not fit the KV cache "
+                              "(raise --kv-budget)")
         for d in range(len(self.hosts)):
-            if d not in self.inflight:
-                key = pick(self, d)
+            if self.executor.idle(d):
+                key = self.sched.pick(self.where, d, self.weights.penalty)
                 if key is not None:
-                    launch(self, d, key, take(self, key))
+                    self._launch(d, key)
         speculate(self)  # loads what comes next while the devices compute
-        if not self.inflight:
-            if self.running and pick(self) is None:  # all stuck waiting for KV (uncoordinated)
-                self._break_deadlock()
+        if not self.executor.inflight:
+            if self.sched.running and self.sched.pick(self.where, None, self.weights.penalty) \
+                    is None:  # all stuck waiting for KV (uncoordinated)
+                self.sched.break_deadlock()
             return
-        finish_ready(self)
+        for done in self.executor.collect():
+            self._postprocess(done)
         self.counters["steps"] += 1
         self.counters["step_seconds"] += time.perf_counter() - t0
 
-    def _dequeue(self, req: Request) -> None:
-        for q in self.queues.values():
-            for item in list(q):
-                if item[1] is req:
-                    q.remove(item)
+    def _launch(self, device: int, key: BlockKey) -> None:
+        """The block's batch (its weights loaded first, its limit known) on its device."""
+        head = self.sched.head(key)
+        try:
+            cold = self.weights.ensure_resident(key, head)
+            limit = self.weights.limit(key, head.chain[head.stage])  # may profile: first use
+        except (OverBudget, CorruptBlock) as e:  # the block cannot run: end its requests
+            for _, r in list(self.sched.queues[key]):
+                self.abort(r, f"error: {e}")
+            if self.weights.resident(key):  # a speculative load that failed: read it again
+                self.weights.evict(key)
+            return
+        reqs = self.sched.take(key, limit)
+        for r in reqs:
+            r.cold |= cold
+        failed = self.executor.launch(device, key, reqs, self.tied_embed_key(key, reqs[0]))
+        if failed is not None:
+            self.block_failed(key, reqs, failed)
+
+    def _postprocess(self, done: Done) -> None:
+        """Each request of a finished batch goes on: to its next block, back to the embedding
+        (a prompt chunk done, or a token sampled after the head), or out."""
+        batch = done.batch
+        if done.error is not None:
+            self.block_failed(batch.key, batch.reqs, done.error)
+            return
+        for req, out, (epoch, state) in zip(batch.reqs, done.outs, batch.epochs, strict=True):
+            if (req.preemptions, req.state) != (epoch, state):
+                continue  # preempted (or ended) while its batch ran: its output is void
+            if batch.kind == "head":
+                self._after_head(req, out)
+            elif req.stage + 2 == len(req.chain) and req.prefilling:
+                req.next_pass()  # a chunk of the prompt is in every block's KV: the next chunk
+                self.sched.reenter(req)
+            else:
+                req.hidden = out
+                req.stage += 1
+                self.sched.enqueue(req)
 
     def tied_embed_key(self, key: BlockKey, req: Request) -> BlockKey | None:
         """For a tied head's key, the key of the embedding replica its logits need (on the
         head's device: see runtime.routing)."""
         return req.keys[0] if key.tied else None
-
-    def _enqueue(self, req: Request) -> None:
-        key = req.keys[req.stage]
-        self.queues.setdefault(key, deque()).append((time.perf_counter(), req))
 
     def block_failed(self, key: BlockKey, reqs: list[Request], exc: Exception) -> None:
         """A block call raised: its batch's requests end with the reason (their KV is freed),
@@ -259,21 +251,7 @@ class Engine:
         self.counters["block_failures"] += 1
         for r in reqs:
             self.abort(r, f"error: block {key} failed: {exc!r}")
-        self.evict(key)
-
-    def _break_deadlock(self) -> None:
-        victim = max(self.running.values(), key=lambda r: r.arrival)
-        self.counters["deadlocks"] += 1
-        self.preempt(victim)
-
-    def preempt(self, req: Request) -> None:
-        """Recompute preemption: free all its KV, send it back to wait; it loses no tokens."""
-        self._dequeue(req)
-        self.kv.free(req.id)
-        self.running.pop(req.id, None)
-        req.restart()
-        self.waiting.appendleft(req)
-        self.counters["preemptions"] += 1
+        self.weights.evict(key)
 
     def _after_head(self, req: Request, out: int | torch.Tensor) -> None:
         """`out`: the token picked on the device (greedy), or the logits to sample from."""
@@ -294,24 +272,15 @@ class Engine:
         if len(req.output) >= req.max_tokens or len(req.context) >= limit:
             return self._finish(req, "length")
         req.next_pass(token)
-        reenter(self, req)
+        self.sched.reenter(req)
 
     def _finish(self, req: Request, reason: str) -> None:
-        self.kv.free(req.id)
-        self.running.pop(req.id, None)
+        self.sched.release(req)
         req.state, req.finish_reason, req.hidden = State.FINISHED, reason, None
         if self.on_finish is not None:
             self.on_finish(req)
 
     # ---- blocks on the devices ----------------------------------------------------------
-
-    def load(self, key: BlockKey, entry: ChainEntry, model: str, wait: bool = True) -> None:
-        """Load the block on its device (a decoder's KV pool with it, the first time);
-        wait=False: speculatively, in the background (see runtime.speculation)."""
-        pages = self.kv.tables[key].num_pages if key in self.kv.tables else 0
-        self.hosts[self.where[key]].load(key, parts_of(entry), self.models[model], pages,
-                                         self.cfg.page_size, wait)
-        self.counters["cold_loads"] += 1
 
     def warm_up(self) -> None:
         """Before serving: load what fits each device's budget, in chain order, and profile
@@ -322,32 +291,9 @@ class Engine:
             for e in self.chains[m]:
                 key = self.key(m, e)
                 for r in self.replicas[key]:
-                    mem, size = self.residency(r), self.weight_bytes(r)
-                    if not mem.resident(r) and mem.used + size <= mem.budget:
-                        try:
-                            self.load(r, e, m)
-                        except UserError:  # a corrupt block fails its requests, by name, later
-                            continue
-                        mem.add(r, size)
-                if self.resident(key):
-                    self.limit(key, e)
-
-    def limit(self, key: BlockKey, entry: ChainEntry) -> int:
-        """The block's batch limit in tokens: fixed, or from its shape's latency curve."""
-        if key not in self.limits:
-            self.limits[key] = self._limit(key, entry)
-        return self.limits[key]
-
-    def _limit(self, key: BlockKey, entry: ChainEntry) -> int:
-        if self.cfg.batch_tokens is not None:
-            return self.cfg.batch_tokens
-        row = self.info[entry.block]
-        if row.kind in ("embed", "head"):  # a lookup, and logits of last tokens only: cheap
-            return 1 << 30
-        shape = f"{row.kind}:{sorted(row.signature.items())}"
-        if shape not in self._curves:  # one profile per block shape, not per block
-            self._curves[shape] = self.hosts[self.where[key]].profile(key)
-        return batch_limit(self._curves[shape], self.cfg.latency_target_s)
+                    self.weights.warm(r, e, m)
+                if self.weights.resident(key):
+                    self.weights.limit(key, e)
 
     def generate(self, model: str, prompts: list[list[int]], max_tokens: int,
                  params: SamplingParams = SamplingParams(), stop_ids=None) -> list[list[int]]:

@@ -54,7 +54,8 @@ class LocalHost:
         self.server = "local"  # the machine: every local host shares this process's links
         self.workers: dict[BlockKey, BlockWorker] = {}
         self.pools: dict[BlockKey, object] = {}  # decoder key -> KVPool (kept across reloads)
-        self.adapters: dict[str | tuple, LoraAdapter] = {}  # by adapter id, or a segment's ids
+        self.adapters: dict[str | tuple, LoraAdapter] = {}  # by adapter id, or a segment's
+        #                                                     ids and part sizes
         self.part_layers: dict[BlockKey, list[int]] = {}  # decoder key -> layers of each part
         self._pending: dict[BlockKey, tuple[Future, tuple]] = {}  # key -> (read, build args)
         self._reader: ThreadPoolExecutor | None = None
@@ -160,7 +161,10 @@ class LocalHost:
     def _adapter(self, spec: str | tuple[str | None, ...], key: BlockKey) -> LoraAdapter:
         """An adapter block on this device, or for a segment (`spec`: the adapter of each of
         its parts) those parts' adapters as one, layers renumbered along the segment."""
-        if spec not in self.adapters:
+        # a stack's layers are numbered by its segment's parts: two segments with the same
+        # adapters but other part sizes need stacks of their own
+        cache = spec if isinstance(spec, str) else (spec, tuple(self.part_layers[key]))
+        if cache not in self.adapters:
             if isinstance(spec, str):
                 blk = self.zoo.load_block(spec)
                 adapter = LoraAdapter(blk.tensors, blk.signature["scaling"])
@@ -168,5 +172,5 @@ class LocalHost:
                 adapter = LoraAdapter.stack([(self._adapter(a, key) if a else None, n)
                                              for a, n in zip(spec, self.part_layers[key],
                                                              strict=True)])
-            self.adapters[spec] = adapter.to(self.device, self.dtype)
-        return self.adapters[spec]
+            self.adapters[cache] = adapter.to(self.device, self.dtype)
+        return self.adapters[cache]

@@ -43,14 +43,14 @@ def move(engine, key: BlockKey, dst: int) -> bool:
     False: not now (one of them is running, or their resident weights do not fit on `dst`
     beside the block running there)."""
     group = _group(engine, key)
-    running = {b.key for b in engine.inflight.values()}
+    running = {b.key for b in engine.executor.inflight.values()}
     if any(k in running for k in group):
         return False
-    coming = {k: engine.memory[engine.where[k]].size(k) for k in group
-              if engine.where[k] != dst and engine.resident(k)}
-    pinned = [engine.inflight[dst].key] if dst in engine.inflight else []
+    coming = {k: engine.weights.memory[engine.where[k]].size(k) for k in group
+              if engine.where[k] != dst and engine.weights.resident(k)}
+    pinned = [engine.executor.inflight[dst].key] if dst in engine.executor.inflight else []
     try:
-        engine.memory[dst].plan(coming, pinned)  # checks only: each move plans its own room
+        engine.weights.memory[dst].plan(coming, pinned)  # checks only: each move plans its own room
     except OverBudget:
         return False
     for k in group:
@@ -64,13 +64,13 @@ def _move_one(engine, key: BlockKey, dst: int, entry_model: tuple,
     if src == dst:
         return
     entry, model = entry_model
-    old, new = engine.memory[src], engine.memory[dst]
+    old, new = engine.weights.memory[src], engine.weights.memory[dst]
     resident = old.resident(key)
     if resident:  # make: load on the new device before anything is freed on the old one
         _, evict = new.plan({key: old.size(key)}, [k for k in pinned if k != key])
         for k in evict:
-            engine.evict(k)
-        pages = engine.kv.tables[key].num_pages if key in engine.kv.tables else 0
+            engine.weights.evict(k)
+        pages = engine.sched.kv.tables[key].num_pages if key in engine.sched.kv.tables else 0
         engine.hosts[dst].load(key, parts_of(entry), engine.models[model], pages,
                                engine.cfg.page_size)
         new.add(key, old.size(key))

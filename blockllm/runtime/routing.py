@@ -43,8 +43,8 @@ def route_request(engine, req: Request) -> None:
     usable: dict[BlockKey, list[BlockKey]] = {}  # block -> its replicas this request may use
     for k in set(base):
         reps = list(engine.replicas[k])
-        if k in engine.kv.tables:  # a decoder block: replicas with room for this pass
-            reps = [r for r in reps if engine.kv.tables[r].can_append(req.id, n)] or reps
+        if k in engine.sched.kv.tables:  # a decoder block: replicas with room for this pass
+            reps = [r for r in reps if engine.sched.kv.tables[r].can_append(req.id, n)] or reps
         usable[k] = reps
     options = {k: tuple(engine.where[r] for r in reps) for k, reps in usable.items()}
     hop_bytes = engine.models[req.model].hidden_size * 4 * n
@@ -60,7 +60,7 @@ def routed_load(engine) -> dict[int, float]:
     """Per device: seconds of block work per token of the requests routed there (requests
     holding KV in its decoder blocks times each block's estimated service time)."""
     load = {d: 0.0 for d in range(len(engine.hosts))}
-    for k, table in engine.kv.tables.items():
+    for k, table in engine.sched.kv.tables.items():
         holders = len(table.sequences())
         if holders:
             block = engine.info[engine.entry_of[k][0].block]

@@ -34,9 +34,9 @@ def upcoming(engine, ahead: int) -> dict[BlockKey, tuple]:
     """Blocks the requests in flight and in queues will run within `ahead` hops, soonest
     first: key -> (chain entry, model)."""
     reqs: list[tuple[Request, int]] = []  # (request, hops already certain)
-    for running in engine.inflight.values():
+    for running in engine.executor.inflight.values():
         reqs += [(r, 1) for r in running.reqs]  # running now: its next block is one hop away
-    for q in engine.queues.values():
+    for q in engine.sched.queues.values():
         reqs += [(r, 0) for _, r in q]  # queued: this block, then the next
     out: dict[BlockKey, tuple] = {}
     for hop in range(ahead + 1):
@@ -53,9 +53,9 @@ def _in_use(engine) -> set[BlockKey]:
     """Every block in the chain of an admitted or waiting request: a guess may not evict
     these (measured: evicting blocks only a few hops away made 10x the loads it saved)."""
     out: set[BlockKey] = set()
-    for r in engine.running.values():
+    for r in engine.sched.running.values():
         out.update(r.keys)
-    for r in engine.waiting:  # not routed yet: any replica of its blocks may become its own
+    for r in engine.sched.waiting:  # not routed yet: any replica of its blocks may become its own
         out.update(x for k in r.keys for x in engine.replicas[k.base])
     return out
 
@@ -68,11 +68,11 @@ def speculate(engine) -> None:
     started: set[int] = set()
     for key, (entry, model) in wanted.items():
         d = engine.where[key]
-        if d in started or engine.resident(key):
+        if d in started or engine.weights.resident(key):
             continue
         if key.tied:
             continue  # a tied head is norm weights only; it loads with its embedding, on use
-        mem, size = engine.residency(key), engine.weight_bytes(key)
+        mem, size = engine.weights.residency(key), engine.weights.weight_bytes(key)
         if mem.used + size > mem.budget and busy is None:
             busy = set(wanted) | _in_use(engine)
         try:
@@ -80,9 +80,9 @@ def speculate(engine) -> None:
         except OverBudget:
             continue  # only blocks with work could make room: no guess is worth that
         for k in evict:
-            engine.evict(k)
-        engine.load(key, entry, model, wait=False)
+            engine.weights.evict(k)
+        engine.weights.load(key, entry, model, wait=False)
         mem.add(key, size)
-        engine.speculative.add(key)
+        engine.weights.speculative.add(key)
         engine.counters["prefetches"] += 1
         started.add(d)

@@ -105,21 +105,36 @@ class AsyncEngine:
         self._loop()
 
     def _loop(self) -> None:
-        while not self._stop:
-            drained = self._drain()
-            busy = self.engine.has_work()
-            if busy:
+        try:
+            while not self._stop:
                 try:
-                    self.engine.step()
+                    drained = self._drain()
+                    busy = self.engine.has_work()
+                    if busy:
+                        self.engine.step()
                 except BaseException as e:  # a bug: fail every request, keep serving
                     self.error = e
-                    for r in list(self.engine.running.values()) + list(self.engine.waiting):
-                        self.engine.abort(r, f"error: internal engine error: {e!r}")
-            if busy or drained:
-                self.snapshot = self.engine.snapshot()
-            if not busy:
-                self._wake.wait(0.05)
-                self._wake.clear()
+                    self._fail_all(f"error: internal engine error: {e!r}")
+                    busy, drained = False, True
+                if busy or drained:
+                    self.snapshot = self.engine.snapshot()
+                if not busy:
+                    self._wake.wait(0.05)
+                    self._wake.clear()
+        finally:  # the thread ends (stop, or a failure above): nobody else would answer them
+            self._fail_all("error: the engine stopped")
+
+    def _fail_all(self, reason: str) -> None:
+        """End every request the engine holds and answer every ticket still waiting."""
+        sched = self.engine.sched
+        for r in list(sched.running.values()) + list(sched.waiting):
+            try:
+                self.engine.abort(r, reason)
+            except Exception:  # noqa: BLE001 - its ticket is answered below all the same
+                pass
+        for t in list(self._tickets.values()):
+            self._send(t, ("finish", reason))
+        self._tickets.clear()
 
     def _drain(self) -> bool:
         """Submissions and aborts handed over since the last step; True if there were any."""
@@ -138,14 +153,21 @@ class AsyncEngine:
                 try:
                     t.req = self.engine.submit(t.model, t.prompt, *t.args)
                 except Exception as e:  # noqa: BLE001 - e.g. Busy: the handler reports it
-                    t.loop.call_soon_threadsafe(t.events.put_nowait, ("finish", e))
+                    self._send(t, ("finish", e))
                     continue
                 self._tickets[t.req.id] = t
 
     def _push(self, req: Request, event) -> None:
         t = self._tickets.get(req.id)
         if t is not None:
+            self._send(t, event)
+
+    @staticmethod
+    def _send(t: Ticket, event) -> None:
+        try:
             t.loop.call_soon_threadsafe(t.events.put_nowait, event)
+        except RuntimeError:  # its event loop is closed: nobody is listening any more
+            pass
 
     def _on_token(self, req: Request, token: int) -> None:
         self._push(req, ("token", token))
@@ -161,6 +183,8 @@ class AsyncEngine:
     def submit(self, model: str, prompt: list[int], params, max_tokens: int,
                stop_ids=None, min_tokens: int = 0) -> Ticket:
         """Check the request (a UserError or Busy now, for a 4xx), then hand it over."""
+        if not self.thread.is_alive():
+            raise RuntimeError(f"the engine has stopped ({self.error!r}); restart the server")
         self.engine.check(model, prompt, max_tokens, min_tokens,
                           waiting=self.snapshot["waiting"] + self.inbox.qsize())
         t = Ticket(model, list(prompt), (params, max_tokens, stop_ids, min_tokens),

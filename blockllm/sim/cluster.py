@@ -3,7 +3,7 @@
 It runs a trace with the engine's own decisions: placement and routing from
 blockllm.runtime.placement, each block's batch limit from blockllm.runtime.batch_policy over
 a latency curve, and at each device the engine's rule for what runs next (the queue that
-ranks first by scheduling.queue_rank: waves in chain order, stalled queues first; then as
+ranks first by scheduler.queue_rank: waves in chain order, stalled queues first; then as
 many queued requests as fit the block's limit). What it adds is time: a block call takes its
 latency curve's time at the batch's token count, divided by the device's speed; a hop
 between devices takes the link's transfer time for the hidden states it carries. Each request's KV stays on the replica that ran its
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from blockllm.runtime.batch_policy import batch_limit
 from blockllm.runtime.placement import Cluster, Placement, route
-from blockllm.runtime.scheduling import queue_rank
+from blockllm.runtime.scheduler import queue_rank
 
 
 def curve_time(curve: Sequence[tuple[int, float]], tokens: int) -> float:

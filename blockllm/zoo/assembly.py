@@ -42,11 +42,13 @@ def substitution_chain(exact: Sequence[ChainEntry], evidence: Sequence[Evidence]
 
 
 def chain_blocks(chain: Sequence[ChainEntry]) -> set[str]:
+    """The block ids a chain needs: its blocks and adapters (the engine's segments carry the
+    adapter of each of their parts: a tuple, None where a part has none)."""
     out = set()
     for e in chain:
         out.add(e.block)
-        if e.adapter:
-            out.add(e.adapter)
+        adapters = e.adapter if isinstance(e.adapter, tuple) else (e.adapter,)
+        out.update(a for a in adapters if a)
     return out
 
 

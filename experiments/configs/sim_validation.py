@@ -47,8 +47,8 @@ def measure_engine(zoo_dir: str | None, models: list[str], cfg=None):
                 info = eng.info[e.block]
                 shape = (info.kind, json.dumps(info.signature, sort_keys=True))
                 t0 = time.perf_counter()  # the engine's cold path: read, hash, build
-                eng.load(key, e, m)
-                eng.residency(key).add(key, info.nbytes)
+                eng.weights.load(key, e, m)
+                eng.weights.residency(key).add(key, info.nbytes)
                 cold[str(key)] = time.perf_counter() - t0
                 if shape not in by_shape:
                     worker = eng.hosts[eng.where[key]].workers[key]
