@@ -52,6 +52,33 @@ def test_serving_experiment_toy_run(toy_results, config):
         assert systems == {"blockllm", "per_model", "hf_generate"}
 
 
+def test_resume_keeps_finished_runs_and_reruns_a_cut_off_one(toy_results, monkeypatch):
+    from blockllm.zoo.store import Zoo
+    from experiments.configs import _serving, latency_vs_rate
+    results, paths = toy_results
+    runs = results / "runs"
+
+    def trace(path):  # the trace a results file replayed: {experiment}-{scale}-{tag}.json
+        name = "-".join(path.stem.split("-")[:3]) + ".json"
+        return json.loads((runs / "traces" / name).read_text())
+
+    first, cut = paths["latency_vs_rate"][:2]
+    assert _serving.complete(first, trace(first))
+    cut.write_text("\n".join(cut.read_text().splitlines()[:-2]))  # as if killed mid-way
+    assert not _serving.complete(cut, trace(cut))
+    before = {p: p.stat().st_mtime_ns for p in paths["latency_vs_rate"]}
+    monkeypatch.setattr(_serving, "RESUME", True)
+    zoo = results.parent / "zoo"
+    with monkeypatch.context() as mp:
+        mp.setenv("BLOCKLLM_ZOO", str(results.parent / "default-zoo"))
+        mp.setenv("BLOCKLLM_CACHE", str(results.parent / "cache"))
+        again = latency_vs_rate.run("toy", runs, str(zoo), Zoo(zoo).models())
+    assert again == paths["latency_vs_rate"]
+    rerun = {p for p in again if p.stat().st_mtime_ns != before[p]}
+    assert rerun == {cut}, "only the cut-off file is run again"
+    _check_serving([cut])
+
+
 def test_scaling_toy_builds_its_zoo_once(toy_results):
     from blockllm.zoo.store import Zoo
     from experiments.configs import scaling

@@ -23,8 +23,11 @@ def bench() -> None:
               type=click.Path(file_okay=False))
 @click.option("--models", default=None, help="Comma-separated zoo models (default: all).")
 @click.option("--zoo", "zoo_dir", default=None, type=click.Path(file_okay=False))
+@click.option("--resume", is_flag=True,
+              help="Keep results files that already hold their whole trace (same trace "
+                   "config); run only the missing points.")
 @user_errors
-def run(config, scale, out, models, zoo_dir):
+def run(config, scale, out, models, zoo_dir, resume):
     """Run experiment CONFIG at a scale: latency_vs_rate, footprint, accuracy, ablations,
     scaling, burstiness, placement or sim_validation (see experiments/configs)."""
     from blockllm.errors import UserError
@@ -37,6 +40,9 @@ def run(config, scale, out, models, zoo_dir):
     if not names and config not in OWN_MODELS:
         raise UserError("the zoo has no models: run `blockllm zoo make-variants` first")
     mod = importlib.import_module(f"experiments.configs.{config}")
+    if resume:
+        import experiments.configs._serving as serving
+        serving.RESUME = True
     paths = mod.run(scale, Path(out), zoo_dir, names)
     click.echo("\n".join(str(p) for p in paths))
 

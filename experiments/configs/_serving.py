@@ -3,6 +3,7 @@ same trace replayed against every system (a server started on localhost by the h
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,21 @@ class Point:
 
 
 VLLM = ("vllm_per_model", "vllm_lora")  # the peers, where they apply (see `applies`)
+RESUME = False  # `bench run --resume`: keep a results file that already holds its whole trace
+
+
+def complete(path: Path, trace: dict) -> bool:
+    """Whether `path` holds a finished run of `trace`: the same trace config, one record per
+    request and the closing samples line (a run cut off mid-way writes nothing)."""
+    if not path.exists():
+        return False
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if not lines or "header" not in lines[0] or "samples" not in lines[-1]:
+        return False
+    n = sum("request" in line for line in lines)
+    same = json.loads(json.dumps(trace["config"]))  # tuples as the file holds them: lists
+    return lines[0]["header"].get("trace_config") == same and \
+        n == len(trace["requests"])
 
 
 def applies(system: str, scale: str, zoo: str | None, models: list[str]) -> str | None:
@@ -71,6 +87,10 @@ def run_points(experiment: str, scale: str, points: list[Point], out: Path, zoo:
             traces[p.tag] = make_trace(p.workload, list(p.models or models), prompts)
             save_trace(traces[p.tag], out / "traces" / f"{experiment}-{scale}-{p.tag}.json")
         path = out / f"{experiment}-{scale}-{p.tag}-{system}.jsonl"
+        if RESUME and complete(path, traces[p.tag]):
+            tqdm.write(f"{experiment}[{scale}] {p.tag}: keeping {path.name} (--resume)")
+            paths.append(path)
+            continue
         run_system(system, traces[p.tag], p.zoo or zoo, list(p.serve_args), path,
                    {"experiment": experiment, "scale": scale, **p.label})
         paths.append(path)
