@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from blockllm.cli import user_errors
-from blockllm.cli.format import parse_bytes
+from blockllm.units import parse_bytes
 
 
 @click.command()
