@@ -176,7 +176,7 @@ def main(zoo_dir, models, port, host, memory_budget, kv_budget, max_batch, windo
          max_waiting):
     import uvicorn
 
-    from blockllm.cli.format import parse_bytes
+    from blockllm.units import parse_bytes
     from blockllm.server.async_engine import share_gil_finely
     from blockllm.zoo.store import Zoo
     share_gil_finely()  # its generate() thread shares the GIL with the event loop, as ours

@@ -155,7 +155,7 @@ def main(zoo_dir, models, mode, memory_budget, kv_budget, dtype, device, host, p
     import uvicorn
 
     from blockllm.cli import user_errors
-    from blockllm.cli.format import parse_bytes
+    from blockllm.units import parse_bytes
 
     @user_errors
     def run():

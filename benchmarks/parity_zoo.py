@@ -10,7 +10,7 @@ import click
 
 from blockllm.runtime.config import EngineConfig
 from blockllm.runtime.engine import Engine
-from blockllm.variants.tasks import TASKS
+from blockllm.evaluation.tasks import TASKS
 from blockllm.zoo.ingest import chain_model
 from blockllm.zoo.store import Zoo
 

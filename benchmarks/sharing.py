@@ -19,10 +19,10 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from blockllm.cli.format import parse_bytes
+from blockllm.units import parse_bytes
 from blockllm.runtime.config import EngineConfig
 from blockllm.runtime.engine import Engine
-from blockllm.variants.tasks import TASKS
+from blockllm.evaluation.tasks import TASKS
 from blockllm.zoo.store import Zoo
 
 

@@ -15,9 +15,11 @@ import httpx
 
 
 def metric(text: str, name: str) -> float | None:
-    """Sum of a metric's samples (all label sets) in Prometheus text; None if it is absent."""
-    values = [float(line.split()[-1]) for line in text.splitlines()
-              if line.startswith(name + " ") or line.startswith(name + "{")]
+    """Sum of a sample's values over all its label sets in Prometheus text (`name` as the
+    sample is named, e.g. blockllm_preemptions_total); None if it is absent."""
+    from prometheus_client.parser import text_string_to_metric_families
+    values = [s.value for family in text_string_to_metric_families(text)
+              for s in family.samples if s.name == name]
     return sum(values) if values else None
 
 

@@ -59,7 +59,7 @@ def popularity(cfg: WorkloadConfig, models: list[str], rng: np.random.Generator)
 
 def prompt_set(path: Path, n: int = 200, seed: int = 0) -> Path:
     """Write the project's own prompt set (task prompts + documentation snippets) as JSON."""
-    from blockllm.variants.tasks import TASKS, perplexity_text
+    from blockllm.evaluation.tasks import TASKS, perplexity_text
     rng = random.Random(seed)
     text = perplexity_text(60_000, offset=300_000).split("\n\n")
     snippets = [t.strip() for t in text if 40 < len(t.strip()) < 400]

@@ -64,3 +64,26 @@ def test_engine_batch_matches_generate(pair, embedded_source, tmp_path, pack):
     prompts = [tok.encode(t) for t in PROMPTS]
     got = eng.generate("m", prompts, 32, stop_ids=frozenset())
     assert got == [hf_greedy(ref, ids, 32) for ids in prompts]
+
+
+def test_serve_without_models_serves_the_embedded_model_to_the_openai_client(pair, tmp_path):
+    """A newcomer's first command: `blockllm serve` on an empty zoo adds the embedded SmolLM2
+    as `smollm2` and answers the official openai client with transformers' greedy tokens."""
+    from openai import OpenAI
+
+    from blockllm.zoo.store import Zoo
+    from experiments.server_proc import server_process
+    _, ref, tok = pair
+    zoo_dir = tmp_path / "empty-zoo"
+    with server_process(["-m", "blockllm.cli", "serve", "--zoo", str(zoo_dir)],
+                        timeout_s=300) as (url, _):
+        client = OpenAI(base_url=url + "/v1", api_key="unused")
+        assert [m.id for m in client.models.list().data] == ["smollm2"]
+        out = client.completions.create(model="smollm2", prompt=PROMPTS[0], max_tokens=12,
+                                        temperature=0)
+    ids = tok.encode(PROMPTS[0])
+    want = hf_greedy(ref, ids, 12)
+    eos = tok.eos_token_id
+    want = want[:want.index(eos)] if eos in want else want
+    assert out.choices[0].text == tok.decode(want)
+    assert Zoo(zoo_dir).models() == ["smollm2"]

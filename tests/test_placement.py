@@ -11,7 +11,6 @@ from blockllm.runtime.placement import (
     cluster_of,
     locality_aware,
     memory_used,
-    migration,
     random_placement,
     replicas_needed,
     round_robin,
@@ -113,11 +112,6 @@ def test_select_keeps_the_least_data_moved_within_slack_of_the_best_p95():
     assert select(scores) == "round_robin"  # locality is 17% slower: out of the 5% slack
     assert select(scores, slack=0.2) == "locality"
     assert select({"a": (2.0, 5.0), "b": (2.0, 5.0)}) == "a"  # ties by name
-
-
-def test_migration_adds_before_it_drops():
-    steps = migration({"a": (0,), "b": (1,)}, {"a": (2,), "b": (1, 3)})
-    assert steps == [("add", "a", 2), ("add", "b", 3), ("drop", "a", 0)]
 
 
 def test_simulated_locality_moves_less_data():

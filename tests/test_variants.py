@@ -3,7 +3,7 @@
 import pytest
 
 from blockllm.variants.build import TINY_RECIPES, make_variants
-from blockllm.variants.tasks import TASKS, score
+from blockllm.evaluation.tasks import TASKS, score
 from blockllm.zoo.store import Zoo
 
 

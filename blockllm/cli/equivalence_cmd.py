@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from blockllm.cli import user_errors
-from blockllm.cli.format import fmt_bytes
+from blockllm.units import fmt_bytes
 
 
 def _stitch(text: str) -> tuple[str, str, int]:

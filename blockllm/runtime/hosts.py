@@ -125,7 +125,7 @@ class LocalHost:
         except Exception as e:  # noqa: BLE001 - handed to the engine, which isolates the block
             return e
 
-    def collect(self, handles: list, timeout: float | None = None) -> list[int]:
+    def collect(self, handles: list) -> list[int]:
         """Indices of `handles` that are done: a local handle is done when submitted."""
         return list(range(len(handles)))
 

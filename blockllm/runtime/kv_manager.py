@@ -47,9 +47,10 @@ class KVManager:
         """Requests holding pages in block `key`."""
         return self.tables[key].sequences()
 
-    def free(self, req: int, keys: Sequence[Hashable] | None = None) -> None:
-        for k in (self.tables if keys is None else keys):
-            self.tables[k].free(req)
+    def free(self, req: int) -> None:
+        """Every page `req` holds, in every block."""
+        for table in self.tables.values():
+            table.free(req)
 
     def used_pages(self, key: Hashable) -> int:
         t = self.tables[key]

@@ -9,7 +9,7 @@ allows and lays a server's blocks over its GPUs (round-robin in chain order, or 
 spans where a hop costs more than a block); hot blocks get more replicas (`replicas_needed`,
 `add_replicas`). Round-robin and random placement
 are the ablation baselines. `route` sends a pass to the replica holding the request's KV, else
-the nearest; `migration` moves between placements without dropping a request.
+the nearest. Moving blocks while serving, make before break: runtime/moves.py.
 """
 
 from __future__ import annotations
@@ -288,11 +288,3 @@ def memory_used(placement: Placement, sizes: Mapping[str, int], n_devices: int) 
             used[d] += sizes[b]
     return used
 
-
-def migration(old: Placement, new: Placement) -> list[tuple[str, str, int]]:
-    """Steps from `old` to `new`, make before break: every ('add', block, device) comes before
-    any ('drop', block, device), so each block keeps a serving replica throughout and no
-    request is dropped; requests holding KV on a dropped replica finish there first."""
-    adds = [("add", b, d) for b in sorted(new) for d in new[b] if d not in old.get(b, ())]
-    drops = [("drop", b, d) for b in sorted(old) for d in old[b] if d not in new.get(b, ())]
-    return adds + drops

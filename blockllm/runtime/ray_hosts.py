@@ -119,11 +119,11 @@ class RayHost:
         refs = self.actor.run.options(num_returns=len(call.inputs) + 1).remote(call)
         return refs[0], refs[1:], call.kind == "head"
 
-    def collect(self, handles: list, timeout: float | None = None) -> list[int]:
+    def collect(self, handles: list) -> list[int]:
         """Indices of the handles done: waits for the first, then takes any others ready."""
         import ray
         status = [h[0] for h in handles]
-        ray.wait(status, num_returns=1, timeout=timeout)
+        ray.wait(status, num_returns=1)
         ready, _ = ray.wait(status, num_returns=len(status), timeout=0)
         done = set(ready)
         return [i for i, s in enumerate(status) if s in done]

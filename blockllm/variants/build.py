@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from blockllm.loaders import load_source
-from blockllm.variants.evaluate import perplexity, task_score
+from blockllm.evaluation.evaluate import perplexity, task_score
 from blockllm.variants.train import Recipe, train
 from blockllm.zoo.ingest import add, add_source, chain_model
 from blockllm.zoo.store import Zoo

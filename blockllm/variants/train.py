@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from blockllm.loaders.source import ModelSource
-from blockllm.variants.tasks import TASKS, TRAIN_SEED
+from blockllm.evaluation.tasks import TASKS, TRAIN_SEED
 
 
 @dataclass(frozen=True)

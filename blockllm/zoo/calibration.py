@@ -1,7 +1,7 @@
 """Calibration sequences for equivalence and stitching: real text and real task prompts.
 
 Text comes from Python's `pydoc_data.topics`, starting far past the part that held-out
-perplexity reads (blockllm.variants.tasks.perplexity_text starts at 0), and task prompts use
+perplexity reads (blockllm.evaluation.tasks.perplexity_text starts at 0), and task prompts use
 the training seed, never the evaluation seed. The set's hash is stored with all evidence.
 """
 
@@ -11,7 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from blockllm.variants.tasks import TASKS, TRAIN_SEED, perplexity_text
+from blockllm.evaluation.tasks import TASKS, TRAIN_SEED, perplexity_text
 
 CALIBRATION_OFFSET = 200_000  # characters into the documentation text
 

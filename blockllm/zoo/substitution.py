@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from tqdm import tqdm
 
-from blockllm.variants.evaluate import perplexity, task_score
-from blockllm.variants.tasks import TASKS
+from blockllm.evaluation.evaluate import perplexity, task_score
+from blockllm.evaluation.tasks import TASKS
 from blockllm.zoo import manifest as mf
 from blockllm.zoo.assembly import chain_blocks, saved_bytes, substitution_chain
 from blockllm.zoo.evidence import ChainOption, load_evidence

@@ -84,7 +84,7 @@ def simulate_one_device(reqs, chains, curves, overhead: float, cold: dict,
 
 def _budgets(command: list[str]) -> dict:
     """The server's weight and KV budgets, from the command recorded in a run's header."""
-    from blockllm.cli.format import parse_bytes
+    from blockllm.units import parse_bytes
     flags = dict(zip(command, command[1:], strict=False))  # each flag -> what follows it
     return {"memory_budget": parse_bytes(flags.get("--memory-budget", "4GiB")),
             "kv_budget": parse_bytes(flags.get("--kv-budget", "512MiB"))}

@@ -1,4 +1,4 @@
-"""Human-readable numbers for CLI output."""
+"""Byte sizes, parsed from options ("4GiB") and formatted for people; used at every layer."""
 
 
 def fmt_bytes(n: float) -> str:

@@ -7,7 +7,7 @@ import math
 import torch
 
 from blockllm.models.chain import ChainModel
-from blockllm.variants.tasks import EVAL_SEED, TASKS, perplexity_text, score
+from blockllm.evaluation.tasks import EVAL_SEED, TASKS, perplexity_text, score
 
 
 def task_score(model: ChainModel, tok, task: str, n: int = 50, batch: int = 16) -> float:
