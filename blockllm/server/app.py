@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 from blockllm.errors import Busy, UserError
 from blockllm.models.sampling import SamplingParams
 from blockllm.server.async_engine import AsyncEngine
+from blockllm.server.detokenize import TextStream
 from blockllm.server.guards import Guards
 from blockllm.server.metrics import Metrics
 from blockllm.server.protocol import ChatRequest, CompletionRequest
@@ -88,7 +89,7 @@ def create_app(aengine: AsyncEngine, tokenizers: dict,
 
         async def events():
             """(delta text, finish_reason or None), applying stop strings and the timeout."""
-            ids, sent, finish = [], "", None
+            stream, finish = TextStream(tok, stop_ids, stops), None
             deadline = time.monotonic() + (server.request_timeout_s or float("inf"))
             try:
                 while finish is None:
@@ -104,19 +105,15 @@ def create_app(aengine: AsyncEngine, tokenizers: dict,
                         finish = "length" if value == "length" else "stop"
                         if value and value.startswith("error"):
                             raise RuntimeError(value)
-                    else:
-                        ids.append(value)
-                    text = tok.decode([t for t in ids if t not in stop_ids],
-                                      skip_special_tokens=True)
-                    if finish is None and text.endswith("\ufffd"):
-                        continue  # an incomplete UTF-8 sequence: wait for the next token
-                    cut = min((text.find(s) for s in stops if s in text), default=-1)
-                    if cut >= 0:
-                        text, finish = text[:cut], "stop"
+                        yield stream.finish(), finish
+                        break
+                    delta = stream.push(value)  # O(1) in the answer's length
+                    if stream.stopped:
+                        finish = "stop"
                         aengine.abort(ticket)
-                    if len(text) > len(sent) or finish:
-                        yield text[len(sent):], finish
-                        sent = text
+                        yield delta, finish
+                    elif delta:
+                        yield delta, None
             finally:
                 if finish is None:
                     aengine.abort(ticket)  # the client went away: free its KV and queue slots
