@@ -70,7 +70,8 @@ def run_system(system: str, trace: dict, zoo: str | None, serve_args: list[str],
         recs = asyncio.run(replay(url, trace))
         wall = time.perf_counter() - t0
         samples = sampler.stop()
-        server_metrics = httpx.get(url + "/metrics", timeout=10).text
+        answer = httpx.get(url + "/metrics", timeout=10)
+        server_metrics = answer.text if answer.status_code == 200 else ""  # hf_generate has none
         deployment = httpx.get(url + "/deployment", timeout=10).json() if vllm else None
     header = {"system": system, **label, "trace_config": trace["config"], "wall_s": wall,
               "command": SYSTEMS[system] + serve_args, "sampler": sampler.kind,
