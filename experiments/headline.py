@@ -53,7 +53,7 @@ def serving_rows(runs: Path, experiment: str, x: str, xlabel: str) -> list[str]:
     from experiments.summary import table
     df = table(largest_scale(runs, experiment, "jsonl"))
     by = ["budget", x] if "budget" in df and df["budget"].notna().all() else [x]
-    cells, off = [], []
+    cells, off, starts = [], [], []
     for key, g in df.groupby(by):
         value = key[-1]
         where = f"{key[0]} weights" if len(by) == 2 else ""
@@ -63,6 +63,9 @@ def serving_rows(runs: Path, experiment: str, x: str, xlabel: str) -> list[str]:
             ours = r["system"] == "blockllm"
             vs_peer = f"{_vs(r['e2e_p95'], peer_p95)} than {peer}" if ours and peer else ""
             vs_pm = _vs(r["e2e_p95"], float(pm.iloc[0])) if ours and len(pm) else ""
+            if r.get("on_demand") is True:
+                starts.append(f"{key[0]}, {x} {value:g}, {r['system']}: "
+                              f"{r['server_starts']:.0f} starts, {r['server_start_s']:.0f} s")
             if r.get("tokens_off"):
                 off.append(f"{r['system']} at {x}={value:g}: {r['tokens_off']} requests")
             cells.append([where, f"{value:g}", r["system"], f"{r['e2e_p50']:.2f}",
@@ -71,6 +74,10 @@ def serving_rows(runs: Path, experiment: str, x: str, xlabel: str) -> list[str]:
                           f"{r['util_mean']:.2f}", f"{r['mem_peak'] / 2**30:.2f}",
                           vs_peer, vs_pm])
     notes = [f"\nutilization and memory: {df['sampler'].iloc[0]} (scale {df['scale'].iloc[0]})"]
+    if starts:
+        notes.append("**vLLM servers started on demand** (the budget cannot hold every "
+                     "variant's server at once, so the router stops one and starts another; "
+                     "requests wait for the start): " + "; ".join(starts))
     if off:
         notes.append("**Unequal work** (generated another token count than asked; their "
                      "latencies do not compare): " + "; ".join(off))
@@ -150,7 +157,9 @@ def headline(runs: Path) -> str:
 
 BENCHMARKS = [("blockllm vs vLLM, driven by `vllm bench serve`", "bench_serving.md"),
               ("Decode at batch 1 against transformers and the bandwidth bound (`make bench`)",
-               "bench_decode.md")]
+               "bench_decode.md"),
+              ("Streaming text work per token (`python -m benchmarks.streaming`)",
+               "bench_streaming.md")]
 
 
 def results_doc(results: Path, headline_text: str) -> str:

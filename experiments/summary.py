@@ -31,6 +31,9 @@ def summarize(path: Path) -> dict:
            "util_mean": float(s["util"].mean()) if len(s) else None,
            "mem_peak": float(s["mem"].max()) if len(s) else None, "sampler": h["sampler"],
            "preemptions": h.get("preemptions"), "cold_loads": h.get("cold_loads"),
+           "server_starts": h.get("server_starts"),
+           "server_start_s": h.get("server_start_seconds"),
+           "on_demand": (h.get("deployment") or {}).get("on_demand"),
            # requests answered with another token count than the trace asked for: a system
            # that generated less did less work, so its latencies do not compare (headline flags)
            "tokens_off": int((ok["tokens"] != ok["requested"]).sum())
