@@ -23,7 +23,20 @@ import click
 PROMPTS = ["Compute: 12+30=", "Reverse the words: red green blue ->",
            "The capital of France is", "Write one sentence about the sea.",
            "Review: I loved this film. Sentiment:", "Uppercase: hello world ->"]
-TRAINED = ("smollm2", "smollm2-arith-top4", "smollm2-sentiment-lora", "smollm2-reverse-top4")
+TRAINED = {"smollm2-arith-top4": "arith", "smollm2-sentiment-lora": "sentiment",
+           "smollm2-reverse-top4": "reverse"}  # variant: the task `make variants` trained
+
+
+def plan(models: list[str], n: int) -> list[tuple[str, str, str]]:
+    """n (model, prompt, expected answer) requests. Trained variants get held-out examples of
+    their own task, each sent to the variant and to the base, so the table shows what the
+    fine-tune changed; untrained copies cycle through PROMPTS."""
+    from blockllm.evaluation.tasks import EVAL_SEED, TASKS
+    if not set(TRAINED) <= set(models):
+        return [(models[i % len(models)], PROMPTS[i % len(PROMPTS)], "") for i in range(n)]
+    examples = {v: TASKS[t].examples(n, EVAL_SEED) for v, t in TRAINED.items()}
+    jobs = [(m, *examples[v][k]) for k in range(n) for v in TRAINED for m in (v, models[0])]
+    return [(m, p, a.strip()) for m, p, a in jobs[:n]]
 
 
 def demo_zoo() -> tuple[str | None, list[str]]:
@@ -33,7 +46,7 @@ def demo_zoo() -> tuple[str | None, list[str]]:
     from blockllm.zoo.store import Zoo
     zoo = Zoo()
     if all(m in zoo.models() for m in TRAINED):
-        return None, list(TRAINED)
+        return None, [EMBEDDED_NAME, *TRAINED]
     zoo = Zoo(cache_root() / "demo-zoo")
     if ensure_embedded(zoo):
         click.echo(f"added the embedded SmolLM2-135M-Instruct to {zoo.root}")
@@ -62,17 +75,19 @@ def perturbed_top(src, top: int, seed: int):
                      tokenizer_loader=src.tokenizer_loader)
 
 
-def one_request(url: str, model: str, prompt: str, max_tokens: int) -> dict:
+def one_request(url: str, model: str, prompt: str, answer: str, max_tokens: int) -> dict:
     from openai import OpenAI
     client = OpenAI(base_url=url + "/v1", api_key="unused")
     t0 = time.perf_counter()
     first, text = None, ""
+    stop = ["\n"] if answer else None  # task answers end at a newline
     for chunk in client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens,
-                                           temperature=0, stream=True):
+                                           temperature=0, stream=True, stop=stop):
         first = first or time.perf_counter() - t0
         text += chunk.choices[0].text
-    return {"model": model, "prompt": prompt, "ttft_s": first, "e2e_s": time.perf_counter() - t0,
-            "text": text.strip().replace("\n", " ")[:40]}
+    return {"model": model, "prompt": prompt.replace("\n", " ")[:48], "expected": answer,
+            "ttft_s": first, "e2e_s": time.perf_counter() - t0,
+            "text": text.strip().replace("\n", " ")[:36]}
 
 
 @click.command()
@@ -93,7 +108,7 @@ def main(n, max_tokens, concurrency, out):
     argv += ["--zoo", zoo] if zoo else []
     click.echo(f"starting blockllm serve with {', '.join(models)}")
     with server_process(argv, timeout_s=300) as (url, _):
-        jobs = [(models[i % len(models)], PROMPTS[i % len(PROMPTS)]) for i in range(n)]
+        jobs = plan(models, n)
         with ThreadPoolExecutor(concurrency) as pool:
             rows = list(pool.map(lambda j: one_request(url, *j, max_tokens), jobs))
         metrics = httpx.get(url + "/metrics", timeout=10).text
