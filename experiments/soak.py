@@ -30,9 +30,19 @@ BAD_BODIES = [
     b"{not json", b'{"model": "M", "prompt": "\xff\xfe"}', b"[]", b'{"model": "M"}',
     b'{"model": "nope", "prompt": "x"}', b'{"model": "M", "prompt": "x", "max_tokens": -1}',
     b'{"model": "M", "prompt": "x", "temperature": -2}', b'{"model": "M", "prompt": ""}',
-    b'{"model": "M", "prompt": "x", "n": 5}', b'{"model": "../../etc/passwd", "prompt": "x"}',
+    b'{"model": "M", "prompt": "x", "n": 500}', b'{"model": "../../etc/passwd", "prompt": "x"}',
     b'{"model": "M", "prompt": "x", "stop": ' + json.dumps(["s"] * 64).encode() + b"}",
+    b'{"model": "M", "prompt": "x", "logprobs": 50}', b'{"model": "M", "prompt": ["x", ""]}',
+    b'{"model": "M", "prompt": "x", "echo": true, "logprobs": 1}',
+    b'{"model": "M", "prompt": "x", "logit_bias": {"x": 1}}',
+    b'{"model": "M", "prompt": "x", "logit_bias": {"999999": 1}}',
+    b'{"model": "M", "prompt": "x", "presence_penalty": 9}',
+    b'{"model": "M", "prompt": "x", "stop_token_ids": [-1]}',
+    b'{"model": "M", "prompt": "x", "best_of": 3}',
 ]
+# valid requests carry one of these now and then (more choices, logprobs, penalties)
+EXTRAS = [{}, {}, {}, {"n": 2}, {"logprobs": 2}, {"prompt": ["Hi", "Bye"]},
+          {"presence_penalty": 0.5, "frequency_penalty": 0.5}, {"logit_bias": {"50": 5}}]
 
 
 async def _one(client: httpx.AsyncClient, url: str, models: list[str], rng: random.Random,
@@ -41,7 +51,8 @@ async def _one(client: httpx.AsyncClient, url: str, models: list[str], rng: rand
                        [30, 20, 10, 15, 20, 5])[0]
     model = rng.choice(models)
     body = {"model": model, "prompt": rng.choice(["Hello", "The river", "2+2=", "Write"]),
-            "max_tokens": rng.randint(1, 24), "temperature": rng.choice([0, 0.7])}
+            "max_tokens": rng.randint(1, 24), "temperature": rng.choice([0, 0.7]),
+            **rng.choice(EXTRAS)}
     tally["sent"] += 1
     try:
         async with asyncio.timeout(timeout):
@@ -70,7 +81,7 @@ async def _one(client: httpx.AsyncClient, url: str, models: list[str], rng: rand
             else:
                 path = "/v1/chat/completions" if kind == "chat" else "/v1/completions"
                 if kind == "chat":
-                    body = {k: v for k, v in body.items() if k != "prompt"}
+                    body = {k: v for k, v in body.items() if k not in ("prompt", "logprobs")}
                     body["messages"] = [{"role": "user", "content": "Say hi"}]
                 r = await client.post(url + path, json=body)
                 _classify(r.status_code, r.text, tally, reasons)

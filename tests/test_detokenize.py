@@ -72,3 +72,16 @@ def test_a_real_tokenizer_streams_what_it_decodes(embedded_source):
         ids_r = [rng.randrange(tok.vocab_size) for _ in range(300)]
         for seq in (ids, ids_r):
             assert "".join(stream_all(tok, seq)[1]) == tok.decode(seq, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3])
+def test_an_answer_cut_mid_character_ends_as_the_whole_decode_does(cut):
+    """max_tokens can end an answer inside a UTF-8 sequence: the rest comes out at finish."""
+    ids = BYTES.encode("ok 🎉")[:-cut] + [290, 131]  # and ids that are no text / a lone byte
+    assert "".join(stream_all(BYTES, ids)[1]) == BYTES.decode(ids)
+
+
+def test_include_stop_keeps_the_stop_string():
+    s = TextStream(BYTES, (), ["STOP"], include_stop=True)
+    text = "".join(s.push(t) for t in BYTES.encode("abc STOP def")) + s.finish()
+    assert text == "abc STOP" and s.stopped

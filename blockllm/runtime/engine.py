@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 
 from blockllm.errors import Busy, UserError
-from blockllm.models.sampling import SamplingParams, sample
+from blockllm.models.sampling import SamplingParams, process, sample, token_logprob
 from blockllm.runtime.chains import assemble_chain, load_options
 from blockllm.runtime.config import EngineConfig
 from blockllm.runtime.devices import key_layout, make_hosts, place_keys, topology
@@ -258,9 +258,12 @@ class Engine:
         if isinstance(out, int):
             token = out
         else:
+            logits = process(out, req.params, req.prompt, req.output)
             if len(req.output) < req.min_tokens and req.stop_ids:
-                out = out.index_fill(0, torch.tensor(sorted(req.stop_ids)), float("-inf"))
-            token = sample(out, req.params, req.generator)
+                logits = logits.index_fill(0, torch.tensor(sorted(req.stop_ids)), float("-inf"))
+            token = sample(logits, req.params, req.generator)
+            if req.params.logprobs is not None:
+                req.logprobs.append(token_logprob(out, token, req.params.logprobs))
         req.output.append(token)
         self.counters["tokens"] += 1
         req.token_times.append(time.perf_counter())

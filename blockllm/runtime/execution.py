@@ -68,7 +68,7 @@ class Executor:
             adapters = ids if any(ids) else None
         if kind == "head":  # greedy requests get their token picked on the device
             greedy = tuple((tuple(sorted(r.stop_ids)) if len(r.output) < r.min_tokens else ())
-                           if r.params.greedy else None for r in reqs)
+                           if r.params.on_device else None for r in reqs)
         call = BatchCall(key, inputs, attn, adapters, tied_key, kind, greedy)
         # a request preempted or ended while its batch runs gets a new epoch: its output is void
         epochs = [(r.preemptions, r.state) for r in reqs]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from blockllm.models.sampling import SamplingParams
+from blockllm.models.sampling import SamplingParams, TokenLogprob
 from blockllm.zoo.partition import ChainEntry
 
 
@@ -43,6 +43,7 @@ class Request:
     arrival: float = field(default_factory=time.perf_counter)
     token_times: list[float] = field(default_factory=list)
     generator: torch.Generator | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # per output token, if asked
 
     def __post_init__(self):
         self.feed = self.context[: self.chunk]

@@ -15,9 +15,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from blockllm.errors import Busy, UserError
-from blockllm.models.sampling import SamplingParams
 from blockllm.server.async_engine import AsyncEngine
-from blockllm.server.detokenize import TextStream
+from blockllm.server.choices import (Choice, Event, Plan, chat_logprobs, completion_logprobs,
+                                     merged, submit_all)
 from blockllm.server.guards import Guards
 from blockllm.server.metrics import Metrics
 from blockllm.server.protocol import ChatRequest, CompletionRequest
@@ -74,91 +74,79 @@ def create_app(aengine: AsyncEngine, tokenizers: dict,
                                                 for k in keys)})
         return {"object": "list", "data": data}
 
-    async def _generate(body, prompt_ids: list[int], chat: bool):
+    async def _generate(body, prompts: list[list[int]], chat: bool, echo: list[str] | None):
+        """One choice per prompt x n (index = prompt * n + i, seed + i), streamed or whole."""
         tok = tokenizers[body.model]
-        stops = body.stop_list()
-        params = SamplingParams(temperature=body.temperature, top_p=body.top_p,
-                                top_k=body.top_k, seed=body.seed)
         cfg = engine.models[body.model]
-        max_tokens = body.max_tokens or max(1, cfg.max_position_embeddings - len(prompt_ids))
-        stop_ids = frozenset() if body.ignore_eos else frozenset(cfg.eos_token_ids)
-        ticket = aengine.submit(body.model, prompt_ids, params, max_tokens, stop_ids,
-                                body.min_tokens)
+        extra_stops = frozenset(body.stop_token_ids or ())
+        if any(not 0 <= i < cfg.vocab_size for i in extra_stops | set(body.logit_bias or {})):
+            raise UserError(f"stop_token_ids and logit_bias ids must be in [0, {cfg.vocab_size})")
+        longest = max(len(p) for p in prompts)
+        plan = Plan(body.model, body.max_tokens or max(1, cfg.max_position_embeddings - longest),
+                    extra_stops | (frozenset() if body.ignore_eos else
+                                   frozenset(cfg.eos_token_ids)),
+                    tuple(body.stop_list()), body.include_stop_str_in_output, body.min_tokens,
+                    server.request_timeout_s)
+        choices = [Choice(p * body.n + i, ids, echo[p] if echo else "")
+                   for p, ids in enumerate(prompts) for i in range(body.n)]
+        submit_all(aengine, plan, choices, [body.sampling(c.index % body.n) for c in choices])
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
+        want_lp = body.top_logprobs_k() is not None
 
-        async def events():
-            """(delta text, finish_reason or None), applying stop strings and the timeout."""
-            stream, finish = TextStream(tok, stop_ids, stops), None
-            deadline = time.monotonic() + (server.request_timeout_s or float("inf"))
-            try:
-                while finish is None:
-                    try:
-                        kind, value = await asyncio.wait_for(
-                            ticket.events.get(), min(deadline - time.monotonic(), 1e9))
-                    except TimeoutError:
-                        raise RuntimeError(f"error: request timed out after "
-                                           f"{server.request_timeout_s:g} s") from None
-                    if kind == "finish":
-                        if isinstance(value, Exception):  # refused on the engine thread
-                            raise value
-                        finish = "length" if value == "length" else "stop"
-                        if value and value.startswith("error"):
-                            raise RuntimeError(value)
-                        yield stream.finish(), finish
-                        break
-                    delta = stream.push(value)  # O(1) in the answer's length
-                    if stream.stopped:
-                        finish = "stop"
-                        aengine.abort(ticket)
-                        yield delta, finish
-                    elif delta:
-                        yield delta, None
-            finally:
-                if finish is None:
-                    aengine.abort(ticket)  # the client went away: free its KV and queue slots
+        def logprobs(c: Choice, lps) -> dict | None:
+            if not want_lp:
+                return None
+            return chat_logprobs(tok, lps) if chat else completion_logprobs(tok, lps, c)
 
-        def chunk(delta: str, finish):
+        def chunk(e: Event) -> dict:
+            lp = logprobs(choices[e.index], e.logprobs)
             if chat:
+                choice = {"index": e.index, "delta": {"role": "assistant", "content": e.text},
+                          "logprobs": lp, "finish_reason": e.finish}
                 return {"id": rid, "object": "chat.completion.chunk", "created": created,
-                        "model": body.model, "choices": [{"index": 0, "delta": {
-                            "role": "assistant", "content": delta}, "finish_reason": finish}]}
+                        "model": body.model, "choices": [choice]}
             return {"id": rid, "object": "text_completion", "created": created,
-                    "model": body.model, "choices": [{"index": 0, "text": delta,
-                                                      "finish_reason": finish,
-                                                      "logprobs": None}]}
+                    "model": body.model, "choices": [{"index": e.index, "text": e.text,
+                                                      "finish_reason": e.finish,
+                                                      "logprobs": lp}]}
 
-        def usage() -> dict:  # read once the request finished (the engine is done with it)
-            n = len(ticket.req.output) if ticket.req is not None else 0
-            return {"prompt_tokens": len(prompt_ids), "completion_tokens": n,
-                    "total_tokens": len(prompt_ids) + n}
+        def usage() -> dict:  # read once every choice finished (the engine is done with them)
+            p, n = sum(len(x) for x in prompts), sum(c.completion_tokens for c in choices)
+            return {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}
+        stream = merged(aengine, tok, plan, choices)
         if body.stream:
             async def sse():
                 try:
-                    async for delta, finish in events():
-                        yield f"data: {json.dumps(chunk(delta, finish))}\n\n"
+                    async for e in stream:
+                        yield f"data: {json.dumps(chunk(e))}\n\n"
                 except Exception as e:  # noqa: BLE001 - the stream has begun: an error event
                     yield f"data: {json.dumps({'error': {'message': str(e), 'code': 500}})}\n\n"
                 if body.stream_options and body.stream_options.include_usage:
-                    last = {**chunk("", None), "choices": [], "usage": usage()}
+                    last = {"id": rid, "object": "chat.completion.chunk" if chat else
+                            "text_completion", "created": created, "model": body.model,
+                            "choices": [], "usage": usage()}
                     yield f"data: {json.dumps(last)}\n\n"
                 yield "data: [DONE]\n\n"
             return StreamingResponse(sse(), media_type="text/event-stream")
-        text, finish = "", None
         try:
-            async for delta, finish in events():
-                text += delta
+            async for _ in stream:
+                pass
         except RuntimeError as e:
             timeout = "timed out" in str(e)
             return error(504 if timeout else 500, str(e), "timeout" if timeout else "server_error")
         if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                      "finish_reason": finish}
+            out = [{"index": c.index, "message": {"role": "assistant", "content": c.text},
+                    "logprobs": logprobs(c, c.logprobs), "finish_reason": c.finish}
+                   for c in choices]
             return {"id": rid, "object": "chat.completion", "created": created,
-                    "model": body.model, "choices": [choice], "usage": usage()}
+                    "model": body.model, "choices": out, "usage": usage()}
+        for c in choices:
+            c.offset = len(c.echo)
+        out = [{"index": c.index, "text": c.text, "finish_reason": c.finish,
+                "logprobs": logprobs(c, c.logprobs)} for c in choices]
         return {"id": rid, "object": "text_completion", "created": created, "model": body.model,
-                "choices": [{"index": 0, "text": text, "finish_reason": finish,
-                             "logprobs": None}], "usage": usage()}
+                "choices": out, "usage": usage()}
 
     def _check_model(name: str):
         if name not in engine.models:
@@ -183,21 +171,22 @@ def create_app(aengine: AsyncEngine, tokenizers: dict,
     async def completions(body: CompletionRequest):
         _check_model(body.model)
         tok = tokenizers[body.model]
-        ids = list(body.prompt) if isinstance(body.prompt, list) else tok.encode(body.prompt)
+        prompts = [list(p) if isinstance(p, list) else tok.encode(p) for p in body.prompts()]
         vocab = engine.models[body.model].vocab_size
-        if any(not 0 <= i < vocab for i in ids):
+        if any(not 0 <= i < vocab for p in prompts for i in p):
             raise UserError(f"prompt token ids must be in [0, {vocab})")
-        return await _generate(body, ids, chat=False)
+        echo = [p if isinstance(p, str) else tok.decode(p, skip_special_tokens=True)
+                for p in body.prompts()] if body.echo else None
+        return await _generate(body, prompts, chat=False, echo=echo)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest):
         _check_model(body.model)
         tok = tokenizers[body.model]
-        ids = tok.apply_chat_template([m.model_dump(exclude_none=True) for m in body.messages],
-                                      tokenize=True,
+        ids = tok.apply_chat_template([m.template_dict() for m in body.messages], tokenize=True,
                                       add_generation_prompt=True)
         ids = list(ids["input_ids"] if hasattr(ids, "keys") else ids)
-        return await _generate(body, ids, chat=True)
+        return await _generate(body, [ids], chat=True, echo=None)
 
     @app.on_event("shutdown")
     def _shutdown():

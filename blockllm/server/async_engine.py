@@ -170,7 +170,9 @@ class AsyncEngine:
             pass
 
     def _on_token(self, req: Request, token: int) -> None:
-        self._push(req, ("token", token))
+        """("token", (id, its TokenLogprob or None)): the logprob travels with its token."""
+        self._push(req, ("token", (token, req.logprobs[-1] if req.params.logprobs is not None
+                                   else None)))
 
     def _on_finish(self, req: Request) -> None:
         self._push(req, ("finish", req.finish_reason))

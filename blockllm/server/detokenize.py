@@ -11,8 +11,10 @@ from __future__ import annotations
 
 
 class TextStream:
-    def __init__(self, tok, skip_ids=frozenset(), stops: list[str] | tuple[str, ...] = ()):
+    def __init__(self, tok, skip_ids=frozenset(), stops: list[str] | tuple[str, ...] = (),
+                 include_stop: bool = False):
         self.tok, self.skip, self.stops = tok, frozenset(skip_ids), [s for s in stops if s]
+        self.include_stop = include_stop  # keep the stop string (vLLM's option)
         self.hold = max((len(s) for s in self.stops), default=1) - 1  # chars a stop may span
         self.ids: list[int] = []
         self.prefix = self.read = 0  # ids[prefix:read] decoded to text already released
@@ -37,20 +39,30 @@ class TextStream:
         if self.stopped or token in self.skip:
             return ""
         self.ids.append(token)
-        new = self._new_text()
-        if not new:
-            return ""
-        start = max(0, len(self.text) - self.hold)
-        self.text += new
-        hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
-        if hits:
-            self.text, self.stopped = self.text[:min(hits)], True
-            return self._release(len(self.text))
-        return self._release(len(self.text) - self.hold)
+        return self._append(self._new_text(), self.hold)
 
     def finish(self) -> str:
-        """The rest, held back while it could have begun a stop string."""
+        """The rest: text held back while it could have begun a stop string, and a last
+        incomplete UTF-8 sequence as the replacement characters a whole decode gives."""
+        if not self.stopped:
+            before = self._decode(self.ids[self.prefix:self.read])
+            tail = self._decode(self.ids[self.prefix:])[len(before):]
+            self.prefix = self.read = len(self.ids)
+            return self._append(tail, 0)
         return self._release(len(self.text))
+
+    def _append(self, new: str, hold: int) -> str:
+        """Add decoded text, cut it at a stop string, release all but `hold` characters."""
+        if not new:
+            return self._release(len(self.text) - hold)
+        start = max(0, len(self.text) - self.hold)
+        self.text += new
+        hits = [(i, i + len(s) if self.include_stop else i)
+                for i, s in ((self.text.find(s, start), s) for s in self.stops) if i >= 0]
+        if hits:
+            self.text, self.stopped = self.text[:min(hits)[1]], True
+            return self._release(len(self.text))
+        return self._release(len(self.text) - hold)
 
     def _release(self, upto: int) -> str:
         if upto <= self.sent:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class StreamOptions(BaseModel):
@@ -20,13 +20,12 @@ class StreamOptions(BaseModel):
 
 # field -> the values that change nothing (what clients such as `vllm bench serve` send)
 _NOT_YET: dict[str, tuple[Any, ...]] = {
-    "logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (False,),
-    "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0),
-    "repetition_penalty": (1, 1.0), "logit_bias": (None, {}), "suffix": (None,),
-    "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []),
-    "response_format": (None, {"type": "text"}), "stop_token_ids": (None, []),
-    "include_stop_str_in_output": (False,), "parallel_tool_calls": (None,),
+    "suffix": (None,), "tools": (None, []), "tool_choice": (None, "none"),
+    "functions": (None, []), "response_format": (None, {"type": "text"}),
+    "parallel_tool_calls": (None,),
 }
+MAX_CHOICES = 64  # prompts x n in one request
+MAX_LOGPROBS = 20  # top logprobs per token, as OpenAI allows
 
 
 class _Common(BaseModel):
@@ -41,25 +40,22 @@ class _Common(BaseModel):
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1, le=1)  # one choice per request
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES)  # choices per prompt (seed + i each)
     user: str | None = None  # an end-user id (OpenAI: for abuse monitoring); recorded nowhere
     ignore_eos: bool = False  # vLLM's extension: generate past EOS up to max_tokens
     min_tokens: int = Field(default=0, ge=0)  # vLLM's extension: no EOS before this many
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)  # vLLM's extension
+    logit_bias: dict[int, float] | None = None  # token id -> bias in [-100, 100]
+    stop_token_ids: list[int] | None = None  # vLLM's extension: these ids end the answer too
+    include_stop_str_in_output: bool = False  # vLLM's extension: keep the stop string
     # known fields, accepted only at their no-op values until implemented (see _NOT_YET)
-    logprobs: Any = None
-    top_logprobs: Any = None
-    echo: Any = False
-    presence_penalty: Any = 0.0
-    frequency_penalty: Any = 0.0
-    repetition_penalty: Any = 1.0
-    logit_bias: Any = None
     suffix: Any = None
     tools: Any = None
     tool_choice: Any = None
     functions: Any = None
     response_format: Any = None
-    stop_token_ids: Any = None
-    include_stop_str_in_output: Any = False
     parallel_tool_calls: Any = None
 
     @model_validator(mode="after")
@@ -69,6 +65,8 @@ class _Common(BaseModel):
             if not any(value == v and type(value) is not bool or value is v for v in noop):
                 raise ValueError(f"{name}={value!r} is not supported by this server "
                                  f"(leave it out, or send {noop[0]!r})")
+        if self.logit_bias and any(not -100 <= b <= 100 for b in self.logit_bias.values()):
+            raise ValueError("logit_bias: each bias must be in [-100, 100]")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise ValueError(f"min_tokens ({self.min_tokens}) must not exceed max_tokens "
                              f"({self.max_tokens})")
@@ -83,26 +81,98 @@ class _Common(BaseModel):
         return stops
 
 
+    def top_logprobs_k(self) -> int | None:
+        """How many top logprobs per token (None: no logprobs)."""
+        raise NotImplementedError
+
+    def sampling(self, seed_offset: int = 0):
+        from blockllm.models.sampling import SamplingParams
+        return SamplingParams(
+            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
+            seed=None if self.seed is None else self.seed + seed_offset,
+            logprobs=self.top_logprobs_k(), presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty,
+            logit_bias=tuple(sorted((self.logit_bias or {}).items())))
+
+
 class CompletionRequest(_Common):
-    prompt: str | list[int] = Field(min_length=1)
-    max_tokens: int | None = Field(default=16, ge=1, le=1 << 20)
-    best_of: int = Field(default=1, ge=1, le=1)  # one sequence per request
+    # a string, token ids, or a batch of either: one choice (times n) per prompt
+    prompt: str | list[int] | list[str] | list[list[int]] = Field(min_length=1)
+    max_tokens: int | None = Field(default=16, ge=0, le=1 << 20)
+    best_of: int | None = Field(default=None, ge=1, le=MAX_CHOICES)  # only = n (see below)
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+    echo: bool = False  # the prompt's text before each choice's text
+
+    @model_validator(mode="after")
+    def _supported(self):
+        if self.best_of is not None and self.best_of != self.n:
+            raise ValueError(f"best_of={self.best_of} is not supported by this server (send "
+                             f"best_of equal to n, or leave it out)")
+        if self.max_tokens == 0:
+            raise ValueError("max_tokens=0 (scoring the prompt alone) is not supported by this "
+                             "server yet: send max_tokens >= 1")
+        if self.echo and self.logprobs is not None:
+            raise ValueError("echo with logprobs (the prompt's logprobs) is not supported by "
+                             "this server yet: send echo without logprobs, or logprobs alone")
+        if len(self.prompts()) * self.n > MAX_CHOICES:
+            raise ValueError(f"prompts x n must be at most {MAX_CHOICES}")
+        return self
+
+    def prompts(self) -> list[str | list[int]]:
+        p = self.prompt
+        if isinstance(p, str) or isinstance(p[0], int):
+            return [p]
+        if any(not x for x in p):
+            raise ValueError("prompt: an empty prompt in the batch")
+        return list(p)
+
+    def top_logprobs_k(self) -> int | None:
+        return self.logprobs
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: str | list[dict]  # a string, or text parts joined with newlines (as vLLM)
     name: str | None = None  # OpenAI's participant name; not part of the chat template
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _text_parts(cls, content):
+        if isinstance(content, str):
+            return content
+        if not isinstance(content, list):
+            raise ValueError("content must be a string or a list of content parts")
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind != "text":
+                raise ValueError(f"content part type {kind!r} is not supported by this server "
+                                 "(text parts only)")
+            if not isinstance(part.get("text"), str) or set(part) - {"type", "text"}:
+                raise ValueError("a text content part is {\"type\": \"text\", \"text\": str}")
+        return content
+
+    def template_dict(self) -> dict:
+        text = self.content if isinstance(self.content, str) else \
+            "\n".join(p["text"] for p in self.content)
+        return {"role": self.role, "content": text}
 
 
 class ChatRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=1 << 20)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+
+    def top_logprobs_k(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @model_validator(mode="after")
     def _one_length(self):
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs=true")
         if self.max_completion_tokens is not None:
             if self.max_tokens is not None and self.max_tokens != self.max_completion_tokens:
                 raise ValueError("max_tokens and max_completion_tokens differ: send one")
