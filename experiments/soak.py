@@ -33,7 +33,7 @@ BAD_BODIES = [
     b'{"model": "M", "prompt": "x", "n": 500}', b'{"model": "../../etc/passwd", "prompt": "x"}',
     b'{"model": "M", "prompt": "x", "stop": ' + json.dumps(["s"] * 64).encode() + b"}",
     b'{"model": "M", "prompt": "x", "logprobs": 50}', b'{"model": "M", "prompt": ["x", ""]}',
-    b'{"model": "M", "prompt": "x", "echo": true, "logprobs": 1}',
+    b'{"model": "M", "prompt": "x", "echo": true, "max_tokens": 0}',
     b'{"model": "M", "prompt": "x", "logit_bias": {"x": 1}}',
     b'{"model": "M", "prompt": "x", "logit_bias": {"999999": 1}}',
     b'{"model": "M", "prompt": "x", "presence_penalty": 9}',

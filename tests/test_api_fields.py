@@ -25,7 +25,7 @@ def hf(served_zoo):  # noqa: F811
     root, _, _ = served_zoo
     zoo = Zoo(root)
     return {m: (hf_model(export_source(zoo, m), merge_adapter=True), zoo.tokenizer(m))
-            for m in ("base", "lora")}
+            for m in ("base", "lora", "ft")}
 
 
 def _greedy_ids(hf, model, prompt, n=N, stop_at_eos=False):
@@ -64,6 +64,39 @@ def test_logprobs_equal_transformers_log_softmax(server, hf, model):  # noqa: F8
     for i in ids[:-1]:
         offsets.append(offsets[-1] + len(tok.decode([i])))
     assert lp.text_offset == offsets
+
+
+@pytest.mark.parametrize("model", ["base", "ft"])
+def test_echo_with_logprobs_scores_the_prompt_as_transformers(server, hf, model):  # noqa: F811
+    """What lm-evaluation-harness sends for a loglikelihood: echo, logprobs, max_tokens 0 or 1;
+    the prompt's logprobs equal transformers' (the first token has none)."""
+    url, _, _ = server
+    ref, tok = hf[model]
+    prompt = tok.encode(PROMPTS[3])
+    client = _client(url)
+    r = client.completions.create(model=model, prompt=PROMPTS[3], max_tokens=0, echo=True,
+                                  logprobs=2, temperature=0)
+    c = r.choices[0]
+    assert c.text == PROMPTS[3] and r.usage.completion_tokens == 0
+    lp = c.logprobs
+    assert lp.tokens == [tok.decode([i], skip_special_tokens=False) for i in prompt]
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    with torch.no_grad():
+        logits = ref(torch.tensor([prompt])).logits[0].float()
+    want = torch.log_softmax(logits[:-1], -1).gather(1, torch.tensor(prompt[1:])[:, None])[:, 0]
+    torch.testing.assert_close(torch.tensor(lp.token_logprobs[1:]), want, atol=2e-4, rtol=0)
+    assert all(len(t) <= 2 for t in lp.top_logprobs[1:])
+    one = client.completions.create(model=model, prompt=PROMPTS[3], max_tokens=1, echo=True,
+                                    logprobs=1, temperature=0).choices[0]
+    assert one.logprobs.token_logprobs[:-1] == lp.token_logprobs
+    assert one.logprobs.tokens[-1] == tok.decode([int(logits[-1].argmax())],
+                                                 skip_special_tokens=False)
+    streamed = []
+    for chunk in client.completions.create(model=model, prompt=PROMPTS[3], max_tokens=3,
+                                           echo=True, logprobs=1, temperature=0, stream=True):
+        for ch in chunk.choices:
+            streamed += ch.logprobs.token_logprobs if ch.logprobs else []
+    assert streamed[: len(prompt)] == lp.token_logprobs and len(streamed) == len(prompt) + 3
 
 
 def test_chat_logprobs_and_content_parts(server):  # noqa: F811
@@ -156,7 +189,6 @@ def test_repetition_penalty_equals_transformers_and_logit_bias(server, hf):  # n
     ({"prompt": ["a", "b"], "n": 40}, "prompts x n"),
     ({"prompt": "x", "best_of": 3}, "best_of"),
     ({"prompt": "x", "logprobs": 21}, "logprobs"),
-    ({"prompt": "x", "echo": True, "logprobs": 1}, "echo"),
     ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
     ({"prompt": "x", "presence_penalty": 3}, "presence_penalty"),
     ({"prompt": "x", "repetition_penalty": 0}, "repetition_penalty"),

@@ -16,6 +16,7 @@ class SamplingParams:
     top_k: int = 0  # keep the k most likely tokens; 0 keeps all
     seed: int | None = None  # per-request seed; None draws from the global generator
     logprobs: int | None = None  # report the chosen token's logprob and this many top ones
+    prompt_logprobs: int | None = None  # the same for every prompt token after the first
     presence_penalty: float = 0.0  # minus this from every token already in the output
     frequency_penalty: float = 0.0  # minus this times the token's count in the output
     repetition_penalty: float = 1.0  # vLLM's: logits of prompt/output tokens /= (or *=) this
@@ -28,7 +29,7 @@ class SamplingParams:
             raise ValueError("top_p must be in (0, 1]")
         if self.top_k < 0:
             raise ValueError("top_k must be >= 0")
-        if self.logprobs is not None and self.logprobs < 0:
+        if min(self.logprobs or 0, self.prompt_logprobs or 0) < 0:
             raise ValueError("logprobs must be >= 0")
         if self.repetition_penalty <= 0:
             raise ValueError("repetition_penalty must be > 0")
@@ -90,10 +91,23 @@ def sample(logits: torch.Tensor, params: SamplingParams,
 
 @dataclass(frozen=True)
 class TokenLogprob:
-    """The chosen token's log-probability and the `k` most likely (id, logprob), best first."""
+    """The chosen token's log-probability and the `k` most likely (id, logprob), best first;
+    None for a prompt's first token (nothing predicts it)."""
     token: int
-    logprob: float
-    top: tuple[tuple[int, float], ...]
+    logprob: float | None
+    top: tuple[tuple[int, float], ...] | None
+
+
+def prompt_logprobs(prompt: list[int], chosen: torch.Tensor, top_ids: torch.Tensor | None,
+                    top_values: torch.Tensor | None) -> list[TokenLogprob]:
+    """One entry per prompt token from the head's per-position results (see workers.run):
+    chosen (n-1,) the logprob of each next prompt token; top_* (n-1, k) or None."""
+    out = [TokenLogprob(prompt[0], None, None)]
+    tops = (zip(top_ids.tolist(), top_values.tolist(), strict=True) if top_ids is not None
+            else [((), ())] * len(chosen))
+    for token, lp, (ids, vals) in zip(prompt[1:], chosen.tolist(), tops, strict=True):
+        out.append(TokenLogprob(token, lp, tuple(zip(ids, vals, strict=True))))
+    return out
 
 
 def token_logprob(logits: torch.Tensor, token: int, k: int) -> TokenLogprob:

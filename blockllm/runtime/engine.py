@@ -21,7 +21,8 @@ from collections.abc import Callable
 import torch
 
 from blockllm.errors import Busy, UserError
-from blockllm.models.sampling import SamplingParams, process, sample, token_logprob
+from blockllm.models.sampling import (SamplingParams, process, prompt_logprobs, sample,
+                                      token_logprob)
 from blockllm.runtime.chains import assemble_chain, load_options
 from blockllm.runtime.config import EngineConfig
 from blockllm.runtime.devices import key_layout, make_hosts, place_keys, topology
@@ -118,7 +119,8 @@ class Engine:
         """Queue a request. stop_ids: the tokens that end it (None: the model's EOS ids; empty:
         never, as vLLM's ignore_eos); min_tokens: those tokens cannot be sampled before this
         many tokens were generated (their logits are masked, as vLLM does)."""
-        self.check(model, prompt, max_tokens, min_tokens, len(self.sched.waiting))
+        self.check(model, prompt, max_tokens, min_tokens, len(self.sched.waiting),
+                   scoring=params.prompt_logprobs is not None)
         cfg = self.models[model]
         stop = frozenset(cfg.eos_token_ids) if stop_ids is None else stop_ids
         req = Request(next(self._ids), model, list(prompt), params, max_tokens, stop,
@@ -130,7 +132,7 @@ class Engine:
         return req
 
     def check(self, model: str, prompt: list[int], max_tokens: int, min_tokens: int,
-              waiting: int) -> None:
+              waiting: int, scoring: bool = False) -> None:
         """What a request's own fields can break, and the backlog (`waiting` requests): a
         UserError or Busy naming it. Reads only the configuration: any thread may call it."""
         if model not in self.models:
@@ -138,8 +140,8 @@ class Engine:
         cfg = self.models[model]
         if not prompt:
             raise UserError("the prompt is empty")
-        if max_tokens < 1:
-            raise UserError("max_tokens must be at least 1")
+        if max_tokens < (0 if scoring else 1):
+            raise UserError("max_tokens must be at least 1 (0 only with the prompt's logprobs)")
         if not 0 <= min_tokens <= max_tokens:
             raise UserError(f"min_tokens must be in [0, max_tokens={max_tokens}]")
         if len(prompt) + max_tokens > cfg.max_position_embeddings:
@@ -255,6 +257,11 @@ class Engine:
 
     def _after_head(self, req: Request, out: int | torch.Tensor) -> None:
         """`out`: the token picked on the device (greedy), or the logits to sample from."""
+        if isinstance(out, tuple):  # (its output, its prompt's logprobs)
+            out, plp = out
+            req.prompt_lps = prompt_logprobs(req.prompt, *plp)
+        if req.max_tokens == 0:  # scoring the prompt alone (its logprobs): nothing to generate
+            return self._finish(req, "length")
         if isinstance(out, int):
             token = out
         else:

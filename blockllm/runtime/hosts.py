@@ -41,6 +41,8 @@ class BatchCall:
     greedy: tuple[tuple[int, ...] | None, ...] | None = None  # head: per request, the token
     #   ids it may not pick (argmax on the device, only the id comes back), or None (its
     #   logits come back to be sampled with its own generator)
+    prompt_lp: tuple[tuple[tuple[int, ...], int] | None, ...] | None = None  # head: per
+    #   request, (its prompt's next tokens, top k) where the prompt's logprobs are asked
 
 
 class LocalHost:
@@ -156,7 +158,8 @@ class LocalHost:
         attn = call.attn.to(self.device) if call.attn is not None else None
         # one batch may gather hidden states from blocks on different devices
         inputs = [x.to(self.device) for x in call.inputs]
-        return worker.run(inputs, self.pools.get(call.key), attn, adapters, tied, call.greedy)
+        return worker.run(inputs, self.pools.get(call.key), attn, adapters, tied, call.greedy,
+                          call.prompt_lp)
 
     def _adapter(self, spec: str | tuple[str | None, ...], key: BlockKey) -> LoraAdapter:
         """An adapter block on this device, or for a segment (`spec`: the adapter of each of

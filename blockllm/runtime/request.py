@@ -44,8 +44,11 @@ class Request:
     token_times: list[float] = field(default_factory=list)
     generator: torch.Generator | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)  # per output token, if asked
+    prompt_lps: list[TokenLogprob] | None = None  # per prompt token, once its pass ran
 
     def __post_init__(self):
+        if self.params.prompt_logprobs is not None:
+            self.chunk = None  # the whole prompt through the head in one pass
         self.feed = self.context[: self.chunk]
         if self.params.seed is not None:
             self.generator = torch.Generator().manual_seed(self.params.seed)
@@ -54,6 +57,12 @@ class Request:
     def context(self) -> list[int]:
         """Every token whose KV the request needs: prompt and output so far."""
         return self.prompt + self.output
+
+    @property
+    def wants_prompt_logprobs(self) -> bool:
+        """This pass is the prompt's (the first, not a recompute) and its logprobs are asked."""
+        return self.params.prompt_logprobs is not None and self.prompt_lps is None and \
+            self.done == 0 and not self.output
 
     @property
     def pass_end(self) -> int:

@@ -38,7 +38,8 @@ class BlockWorker:
     def run(self, inputs: list[torch.Tensor], pool: KVPool | None = None,
             attn: AttnBatch | None = None, adapters: list[LoraAdapter | None] | None = None,
             tied_weight: torch.Tensor | None = None,
-            greedy: tuple[tuple[int, ...] | None, ...] | None = None) -> list:
+            greedy: tuple[tuple[int, ...] | None, ...] | None = None,
+            prompt_lp: tuple[tuple[tuple[int, ...], int] | None, ...] | None = None) -> list:
         """One batched call. inputs[i]: ids (n_i,) or hidden (n_i, h). Returns per-request
         outputs: hidden (n_i, h); for the head, each last token's logits (vocab,), or where
         `greedy[i]` is set the argmax token id (an int) with those ids masked out, picked on
@@ -52,13 +53,29 @@ class BlockWorker:
             if tied_weight is not None:
                 self.module.tied_weight = tied_weight
             last = torch.tensor(lens, device=self.device).cumsum(0) - 1
-            return pick(self.module(x[last]), greedy)
+            outs = pick(self.module(x[last]), greedy)
+            for b, spec in enumerate(prompt_lp or ()):
+                if spec is not None:  # (its output, the prompt's logprobs)
+                    start = int(last[b]) + 1 - lens[b]
+                    outs[b] = (outs[b], self._prompt_logprobs(x[start: start + lens[b] - 1],
+                                                              *spec))
+            return outs
         elif self.kind == "stitch":
             y = self.module(x)
         else:
             lora = LoraSegments.per_sequence(adapters, lens) if adapters else None
             y = self.module(x, pool, attn, lora)
         return list(y.split(lens))
+
+    def _prompt_logprobs(self, rows: torch.Tensor, targets: tuple[int, ...], k: int) -> tuple:
+        """Log-softmax of the head over a prompt's positions but the last: each next prompt
+        token's logprob (n-1,) and the top k ids and values (n-1, k), on the host."""
+        lp = torch.log_softmax(self.module(rows).float(), -1)
+        chosen = lp.gather(1, torch.tensor(targets, device=lp.device)[:, None])[:, 0]
+        if not k:
+            return chosen.cpu(), None, None
+        top = torch.topk(lp, k)
+        return chosen.cpu(), top.indices.cpu(), top.values.cpu()
 
 
 def pick(logits: torch.Tensor, greedy: tuple[tuple[int, ...] | None, ...] | None) -> list:

@@ -82,12 +82,15 @@ def create_app(aengine: AsyncEngine, tokenizers: dict,
         if any(not 0 <= i < cfg.vocab_size for i in extra_stops | set(body.logit_bias or {})):
             raise UserError(f"stop_token_ids and logit_bias ids must be in [0, {cfg.vocab_size})")
         longest = max(len(p) for p in prompts)
-        plan = Plan(body.model, body.max_tokens or max(1, cfg.max_position_embeddings - longest),
+        max_tokens = body.max_tokens if body.max_tokens is not None else \
+            max(1, cfg.max_position_embeddings - longest)
+        plan = Plan(body.model, max_tokens,
                     extra_stops | (frozenset() if body.ignore_eos else
                                    frozenset(cfg.eos_token_ids)),
                     tuple(body.stop_list()), body.include_stop_str_in_output, body.min_tokens,
                     server.request_timeout_s)
-        choices = [Choice(p * body.n + i, ids, echo[p] if echo else "")
+        echo_lps = body.prompt_logprobs_k() is not None
+        choices = [Choice(p * body.n + i, ids, echo[p] if echo else "", echo_lps)
                    for p, ids in enumerate(prompts) for i in range(body.n)]
         submit_all(aengine, plan, choices, [body.sampling(c.index % body.n) for c in choices])
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
@@ -142,7 +145,7 @@ def create_app(aengine: AsyncEngine, tokenizers: dict,
             return {"id": rid, "object": "chat.completion", "created": created,
                     "model": body.model, "choices": out, "usage": usage()}
         for c in choices:
-            c.offset = len(c.echo)
+            c.offset = 0 if c.echo_lps else len(c.echo)
         out = [{"index": c.index, "text": c.text, "finish_reason": c.finish,
                 "logprobs": logprobs(c, c.logprobs)} for c in choices]
         return {"id": rid, "object": "text_completion", "created": created, "model": body.model,

@@ -188,7 +188,8 @@ class AsyncEngine:
         if not self.thread.is_alive():
             raise RuntimeError(f"the engine has stopped ({self.error!r}); restart the server")
         self.engine.check(model, prompt, max_tokens, min_tokens,
-                          waiting=self.snapshot["waiting"] + self.inbox.qsize())
+                          waiting=self.snapshot["waiting"] + self.inbox.qsize(),
+                          scoring=params.prompt_logprobs is not None)
         t = Ticket(model, list(prompt), (params, max_tokens, stop_ids, min_tokens),
                    asyncio.get_running_loop())
         self.inbox.put(("submit", t))

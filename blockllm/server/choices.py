@@ -20,6 +20,8 @@ class Choice:
     index: int
     prompt_ids: list[int]
     echo: str  # the prompt's text when echo=true, streamed first
+    echo_lps: bool = False  # with the prompt's logprobs (sent once the prompt's pass ran)
+    echoed: bool = False
     ticket: Ticket | None = None
     text: str = ""
     finish: str | None = None
@@ -76,7 +78,7 @@ async def events(aengine: AsyncEngine, tok, plan: Plan, c: Choice) -> AsyncItera
     Raises RuntimeError on an engine error or the timeout."""
     stream = TextStream(tok, plan.stop_ids, plan.stops, plan.include_stop)
     deadline = time.monotonic() + (plan.timeout_s or float("inf"))
-    if c.echo:
+    if c.echo and not c.echo_lps:
         c.text += c.echo
         c.offset = len(c.echo)
         yield Event(c.index, c.echo, None)
@@ -91,6 +93,11 @@ async def events(aengine: AsyncEngine, tok, plan: Plan, c: Choice) -> AsyncItera
                 raise value
             if value and value.startswith("error"):
                 raise RuntimeError(value)
+        if c.echo_lps and not c.echoed:  # the prompt's pass ran: its text and logprobs first
+            c.text, c.echoed = c.echo, True
+            c.logprobs.extend(c.ticket.req.prompt_lps or ())
+            yield Event(c.index, c.echo, None, tuple(c.logprobs))
+        if kind == "finish":
             c.finish = "length" if value == "length" else "stop"
             delta = stream.finish()
             c.text += delta
@@ -161,7 +168,8 @@ def completion_logprobs(tok, lps: list[TokenLogprob] | tuple, c: Choice) -> dict
         offsets.append(c.offset)
         c.offset += len(tok.decode([lp.token], skip_special_tokens=True))
     return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in lps],
-            "top_logprobs": [_best_first(tok, lp.top) for lp in lps],
+            "top_logprobs": [None if lp.top is None else _best_first(tok, lp.top)
+                             for lp in lps],
             "text_offset": offsets}
 
 

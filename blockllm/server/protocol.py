@@ -85,12 +85,17 @@ class _Common(BaseModel):
         """How many top logprobs per token (None: no logprobs)."""
         raise NotImplementedError
 
+    def prompt_logprobs_k(self) -> int | None:
+        """The same for the prompt's tokens (completions with echo)."""
+        return None
+
     def sampling(self, seed_offset: int = 0):
         from blockllm.models.sampling import SamplingParams
         return SamplingParams(
             temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
             seed=None if self.seed is None else self.seed + seed_offset,
-            logprobs=self.top_logprobs_k(), presence_penalty=self.presence_penalty,
+            logprobs=self.top_logprobs_k(), prompt_logprobs=self.prompt_logprobs_k(),
+            presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             repetition_penalty=self.repetition_penalty,
             logit_bias=tuple(sorted((self.logit_bias or {}).items())))
@@ -109,12 +114,9 @@ class CompletionRequest(_Common):
         if self.best_of is not None and self.best_of != self.n:
             raise ValueError(f"best_of={self.best_of} is not supported by this server (send "
                              f"best_of equal to n, or leave it out)")
-        if self.max_tokens == 0:
-            raise ValueError("max_tokens=0 (scoring the prompt alone) is not supported by this "
-                             "server yet: send max_tokens >= 1")
-        if self.echo and self.logprobs is not None:
-            raise ValueError("echo with logprobs (the prompt's logprobs) is not supported by "
-                             "this server yet: send echo without logprobs, or logprobs alone")
+        if self.max_tokens == 0 and not (self.echo and self.logprobs is not None):
+            raise ValueError("max_tokens=0 scores the prompt alone: it needs echo=true and "
+                             "logprobs")
         if len(self.prompts()) * self.n > MAX_CHOICES:
             raise ValueError(f"prompts x n must be at most {MAX_CHOICES}")
         return self
@@ -129,6 +131,9 @@ class CompletionRequest(_Common):
 
     def top_logprobs_k(self) -> int | None:
         return self.logprobs
+
+    def prompt_logprobs_k(self) -> int | None:
+        return self.logprobs if self.echo else None
 
 
 class ChatMessage(BaseModel):
