@@ -77,6 +77,7 @@ reproduce: setup setup-peers
 		$(BIN)/blockllm bench run $$e --scale $(SCALE) --out results/runs; done
 	$(BIN)/python -m experiments.crosscheck --out results/crosscheck.json
 	$(BIN)/python -m benchmarks.serving --out results/bench_serving.json
+	$(BIN)/python -m experiments.lm_eval_check --out results/lm_eval
 	$(BIN)/blockllm bench summary results/runs
 	$(BIN)/python -m experiments.headline results/runs results/headline.md docs/results.md
 	$(BIN)/blockllm figures --results results --out paper_figures/out

@@ -159,7 +159,9 @@ BENCHMARKS = [("blockllm vs vLLM, driven by `vllm bench serve`", "bench_serving.
               ("Decode at batch 1 against transformers and the bandwidth bound (`make bench`)",
                "bench_decode.md"),
               ("Streaming text work per token (`python -m benchmarks.streaming`)",
-               "bench_streaming.md")]
+               "bench_streaming.md"),
+              ("lm-evaluation-harness against the server (`python -m experiments.lm_eval_check`)",
+               "lm_eval.md")]
 
 
 def results_doc(results: Path, headline_text: str) -> str:

@@ -204,3 +204,17 @@ def test_unsupported_values_get_a_400_naming_the_field(server, body, word):  # n
     r = httpx.post(url + "/v1/completions", json={"model": "base", **body}, timeout=60)
     assert r.status_code == 400, r.text
     assert word in r.json()["error"]["message"]
+
+
+def test_vllm_tokenizer_routes(server):  # noqa: F811
+    url, models, _ = server
+    r = httpx.post(url + "/tokenize", json={"prompt": "hé", "model": "base"}).json()
+    assert r["tokens"] == [ord("h") + 3, 0xC3 + 3, 0xA9 + 3] and r["count"] == 3
+    assert httpx.post(url + "/detokenize", json={"tokens": r["tokens"]}).json() == \
+        {"prompt": "hé"}
+    info = httpx.get(url + "/tokenizer_info").json()
+    assert set(info) == {"eos_token", "bos_token", "pad_token", "chat_template"}
+    r = httpx.post(url + "/tokenize", json={"prompt": "x", "model": "nope"})
+    assert r.status_code == 404 and "nope" in r.json()["error"]["message"]
+    r = httpx.post(url + "/tokenize", json={"text": "x"})
+    assert r.status_code == 400 and "text" in r.json()["error"]["message"]

@@ -26,6 +26,26 @@ def task_score(model: ChainModel, tok, task: str, n: int = 50, batch: int = 16) 
 
 
 @torch.inference_mode()
+def choice_score(model: ChainModel, tok, task: str, n: int = 50) -> float:
+    """Accuracy (0..100) of picking the answer of highest log-likelihood among the task's
+    choices on n held-out examples: a continuation's tokens are those of prompt + choice past
+    the prompt's own (as lm-evaluation-harness splits them)."""
+    t = TASKS[task]
+    right = 0
+    for prompt, answer in t.examples(n, EVAL_SEED):
+        ctx = tok.encode(prompt)
+        scores = []
+        for choice in t.choices:
+            whole = tok.encode(prompt + choice)
+            logits = model.prompt_logits(whole[:-1]).float()
+            lp = torch.log_softmax(logits[len(ctx) - 1:], -1)
+            target = torch.tensor(whole[len(ctx):], device=lp.device)
+            scores.append(float(lp.gather(1, target[:, None]).sum()))
+        right += t.choices[scores.index(max(scores))] == answer
+    return 100.0 * right / n
+
+
+@torch.inference_mode()
 def perplexity(model: ChainModel, tok, n_chars: int = 4000, window: int = 256) -> float:
     """Token perplexity on Python's documentation text, in non-overlapping windows."""
     ids = tok.encode(perplexity_text(n_chars))

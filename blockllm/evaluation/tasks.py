@@ -24,6 +24,7 @@ class Task:
     name: str
     make: Callable[[random.Random], tuple[str, str]]  # one (prompt, answer) from an RNG
     extract: Callable[[str], str]  # the answer a completion gives, leniently read
+    choices: tuple[str, ...] = ()  # a closed set of answers: also scored by likelihood
 
     def examples(self, n: int, seed: int) -> list[tuple[str, str]]:
         rng = random.Random(f"{self.name}:{seed}")
@@ -71,7 +72,8 @@ TASKS: dict[str, Task] = {
     "arith": Task("arith", _arith, _first_int),
     "reverse": Task("reverse", _reverse, _first_words(1)),
     "upper": Task("upper", _upper, _first_words(2)),
-    "sentiment": Task("sentiment", _sentiment, _first_words(1, lower=True)),
+    "sentiment": Task("sentiment", _sentiment, _first_words(1, lower=True),
+                      choices=(" positive", " negative")),
 }
 
 TRAIN_SEED, EVAL_SEED = 1, 2  # train and held-out examples never share a seed

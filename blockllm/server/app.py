@@ -20,7 +20,8 @@ from blockllm.server.choices import (Choice, Event, Plan, chat_logprobs, complet
                                      merged, submit_all)
 from blockllm.server.guards import Guards
 from blockllm.server.metrics import Metrics
-from blockllm.server.protocol import ChatRequest, CompletionRequest
+from blockllm.server.protocol import (ChatRequest, CompletionRequest, DetokenizeRequest,
+                                      TokenizeRequest)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,13 @@ def error(status: int, message: str, kind: str = "invalid_request_error", param=
         "message": message, "type": kind, "param": param, "code": status}})
 
 
+def _fingerprint(tok) -> tuple:
+    """Tokenizers that encode and name their special tokens alike count as one."""
+    probe = "Hello, world! 123 \u00e9"
+    return (type(tok).__name__, tuple(tok.encode(probe)), getattr(tok, "eos_token", None),
+            getattr(tok, "vocab_size", None))
+
+
 def create_app(aengine: AsyncEngine, tokenizers: dict,
                server: ServerConfig = ServerConfig()) -> FastAPI:
     app = FastAPI(title="blockllm", docs_url=None, redoc_url=None)
@@ -45,7 +53,8 @@ def create_app(aengine: AsyncEngine, tokenizers: dict,
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
+        errors = sorted(exc.errors(), key=lambda e: e.get("type") != "extra_forbidden")
+        first = errors[0] if errors else {}  # an unknown field first: it names what to drop
         loc = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
         return error(400, f"{loc or 'body'}: {first.get('msg', 'invalid request')}", param=loc)
 
@@ -61,6 +70,34 @@ def create_app(aengine: AsyncEngine, tokenizers: dict,
     @app.get("/metrics")
     async def prometheus():
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    # vLLM's tokenizer routes (lm-evaluation-harness's `remote` tokenizer uses them): the
+    # named model's tokenizer, or with no model the one every served model shares
+    def _tokenizer(model: str | None):
+        if model is not None:
+            _check_model(model)
+            return tokenizers[model]
+        kinds = {_fingerprint(t) for t in tokenizers.values()}
+        if len(kinds) > 1:
+            raise UserError("the served models have different tokenizers: send `model`")
+        return next(iter(tokenizers.values()))
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest):
+        tok = _tokenizer(body.model)
+        ids = tok.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+        return {"tokens": list(ids), "count": len(ids),
+                "max_model_len": min(c.max_position_embeddings for c in engine.models.values())}
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest):
+        return {"prompt": _tokenizer(body.model).decode(body.tokens)}
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info(model: str | None = None):
+        tok = _tokenizer(model)
+        return {k: getattr(tok, k, None) for k in ("eos_token", "bos_token", "pad_token",
+                                                   "chat_template")}
 
     @app.get("/v1/models")
     async def models():

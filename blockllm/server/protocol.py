@@ -183,3 +183,18 @@ class ChatRequest(_Common):
                 raise ValueError("max_tokens and max_completion_tokens differ: send one")
             self.max_tokens = self.max_completion_tokens
         return self
+
+
+class TokenizeRequest(BaseModel):  # vLLM's /tokenize
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    model: str | None = None
+    add_special_tokens: bool = True
+
+
+class DetokenizeRequest(BaseModel):  # vLLM's /detokenize
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: list[int]
+    model: str | None = None
