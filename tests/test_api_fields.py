@@ -218,3 +218,20 @@ def test_vllm_tokenizer_routes(server):  # noqa: F811
     assert r.status_code == 404 and "nope" in r.json()["error"]["message"]
     r = httpx.post(url + "/tokenize", json={"text": "x"})
     assert r.status_code == 400 and "text" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=1.0, seed=3), dict(temperature=0,
+                                                                    presence_penalty=1.0)],
+                         ids=["sampled", "penalized"])
+def test_logprobs_on_the_host_path_do_not_change_the_tokens(server, kw):  # noqa: F811
+    """Sampled or penalized requests take their logits to the host: asking for logprobs
+    there changes no token, and each reported logprob is at most the best one."""
+    url, _, _ = server
+    client = _client(url)
+    body = dict(model="base", prompt="x", max_tokens=8, extra_body={"ignore_eos": True}, **kw)
+    plain = client.completions.create(**body).choices[0]
+    with_lp = client.completions.create(**body, logprobs=3).choices[0]
+    assert with_lp.text == plain.text and len(with_lp.logprobs.token_logprobs) == 8
+    for lp, top in zip(with_lp.logprobs.token_logprobs, with_lp.logprobs.top_logprobs):
+        values = list(top.values())
+        assert values == sorted(values, reverse=True) and lp <= values[0] + 1e-6

@@ -43,7 +43,9 @@ def test_penalties_follow_the_openai_formula_and_logprobs_the_raw_logits():
     r = process(logits, SamplingParams(repetition_penalty=2.0), prompt=[0], output=[1])
     torch.testing.assert_close(r, torch.tensor([0.5, -4.0, 0.5, 3.0, 0.0]))
     assert process(logits, SamplingParams(), [0], [1]) is logits  # nothing to do: no copy
-    assert not SamplingParams(logprobs=0).on_device and SamplingParams().on_device
+    assert SamplingParams(logprobs=0).on_device and SamplingParams().on_device
+    assert not SamplingParams(presence_penalty=1).on_device
+    assert not SamplingParams(temperature=1, logprobs=1).on_device
     lp = token_logprob(logits, 2, k=2)
     want = torch.log_softmax(logits, -1)
     assert lp.logprob == pytest.approx(want[2].item())

@@ -46,8 +46,9 @@ class SamplingParams:
 
     @property
     def on_device(self) -> bool:
-        """The token can be picked where the logits are (argmax), without them on the host."""
-        return self.greedy and not self.processed and self.logprobs is None
+        """The token (and its logprobs) can be picked where the logits are, without them on
+        the host: argmax of logits no processor changes."""
+        return self.greedy and not self.processed
 
 
 def process(logits: torch.Tensor, params: SamplingParams, prompt: list[int],

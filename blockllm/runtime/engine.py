@@ -21,8 +21,8 @@ from collections.abc import Callable
 import torch
 
 from blockllm.errors import Busy, UserError
-from blockllm.models.sampling import (SamplingParams, process, prompt_logprobs, sample,
-                                      token_logprob)
+from blockllm.models.sampling import (SamplingParams, TokenLogprob, process, prompt_logprobs,
+                                      sample, token_logprob)
 from blockllm.runtime.chains import assemble_chain, load_options
 from blockllm.runtime.config import EngineConfig
 from blockllm.runtime.devices import key_layout, make_hosts, place_keys, topology
@@ -262,7 +262,10 @@ class Engine:
             req.prompt_lps = prompt_logprobs(req.prompt, *plp)
         if req.max_tokens == 0:  # scoring the prompt alone (its logprobs): nothing to generate
             return self._finish(req, "length")
-        if isinstance(out, int):
+        if isinstance(out, TokenLogprob):  # picked on the device with its logprobs
+            token = out.token
+            req.logprobs.append(out)
+        elif isinstance(out, int):
             token = out
         else:
             logits = process(out, req.params, req.prompt, req.output)

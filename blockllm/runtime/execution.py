@@ -60,7 +60,7 @@ class Executor:
             inputs = [torch.tensor(r.feed, dtype=torch.long) for r in reqs]
         else:
             inputs = [r.hidden for r in reqs]
-        attn = adapters = greedy = prompt_lp = None
+        attn = adapters = greedy = prompt_lp = logprobs = None
         if kind == "decoder":  # page tables live in the scheduler; the KV pool on the device
             attn = AttnBatch.describe(self.kv.tables[key], [r.id for r in reqs],
                                       [len(r.feed) for r in reqs])
@@ -69,10 +69,14 @@ class Executor:
         if kind == "head":  # greedy requests get their token picked on the device
             greedy = tuple((tuple(sorted(r.stop_ids)) if len(r.output) < r.min_tokens else ())
                            if r.params.on_device else None for r in reqs)
+            if any(r.params.logprobs is not None and r.params.on_device for r in reqs):
+                logprobs = tuple(r.params.logprobs if r.params.on_device else None
+                                 for r in reqs)
             if any(r.wants_prompt_logprobs for r in reqs):
                 prompt_lp = tuple((tuple(r.prompt[1:]), r.params.prompt_logprobs)
                                   if r.wants_prompt_logprobs else None for r in reqs)
-        call = BatchCall(key, inputs, attn, adapters, tied_key, kind, greedy, prompt_lp)
+        call = BatchCall(key, inputs, attn, adapters, tied_key, kind, greedy, prompt_lp,
+                         logprobs)
         # a request preempted or ended while its batch runs gets a new epoch: its output is void
         epochs = [(r.preemptions, r.state) for r in reqs]
         t0 = time.perf_counter()

@@ -43,6 +43,8 @@ class BatchCall:
     #   logits come back to be sampled with its own generator)
     prompt_lp: tuple[tuple[tuple[int, ...], int] | None, ...] | None = None  # head: per
     #   request, (its prompt's next tokens, top k) where the prompt's logprobs are asked
+    logprobs: tuple[int | None, ...] | None = None  # head: per request picked on the device,
+    #   the top k of its token's logprobs to compute there (None: no logprobs)
 
 
 class LocalHost:
@@ -159,7 +161,7 @@ class LocalHost:
         # one batch may gather hidden states from blocks on different devices
         inputs = [x.to(self.device) for x in call.inputs]
         return worker.run(inputs, self.pools.get(call.key), attn, adapters, tied, call.greedy,
-                          call.prompt_lp)
+                          call.prompt_lp, call.logprobs)
 
     def _adapter(self, spec: str | tuple[str | None, ...], key: BlockKey) -> LoraAdapter:
         """An adapter block on this device, or for a segment (`spec`: the adapter of each of

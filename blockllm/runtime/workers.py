@@ -17,6 +17,7 @@ from blockllm.models.chain import build_block
 from blockllm.models.config import LlamaConfig
 from blockllm.models.kv_cache import KVLayout, KVPool, PageTable
 from blockllm.models.lora import LoraAdapter, LoraSegments
+from blockllm.models.sampling import TokenLogprob
 from blockllm.zoo.partition import Block
 
 
@@ -39,7 +40,8 @@ class BlockWorker:
             attn: AttnBatch | None = None, adapters: list[LoraAdapter | None] | None = None,
             tied_weight: torch.Tensor | None = None,
             greedy: tuple[tuple[int, ...] | None, ...] | None = None,
-            prompt_lp: tuple[tuple[tuple[int, ...], int] | None, ...] | None = None) -> list:
+            prompt_lp: tuple[tuple[tuple[int, ...], int] | None, ...] | None = None,
+            logprobs: tuple[int | None, ...] | None = None) -> list:
         """One batched call. inputs[i]: ids (n_i,) or hidden (n_i, h). Returns per-request
         outputs: hidden (n_i, h); for the head, each last token's logits (vocab,), or where
         `greedy[i]` is set the argmax token id (an int) with those ids masked out, picked on
@@ -53,7 +55,7 @@ class BlockWorker:
             if tied_weight is not None:
                 self.module.tied_weight = tied_weight
             last = torch.tensor(lens, device=self.device).cumsum(0) - 1
-            outs = pick(self.module(x[last]), greedy)
+            outs = pick(self.module(x[last]), greedy, logprobs)
             for b, spec in enumerate(prompt_lp or ()):
                 if spec is not None:  # (its output, the prompt's logprobs)
                     start = int(last[b]) + 1 - lens[b]
@@ -78,20 +80,35 @@ class BlockWorker:
         return chosen.cpu(), top.indices.cpu(), top.values.cpu()
 
 
-def pick(logits: torch.Tensor, greedy: tuple[tuple[int, ...] | None, ...] | None) -> list:
+def pick(logits: torch.Tensor, greedy: tuple[tuple[int, ...] | None, ...] | None,
+         logprobs: tuple[int | None, ...] | None = None) -> list:
     """Per row of (B, vocab) logits: the argmax id where greedy[b] is set (its ids masked to
-    -inf first), else the row's logits on the host."""
+    -inf first), as a TokenLogprob where logprobs[b] asks for its logprob and top k (from the
+    unmasked logits, computed here for those rows at once); else the row's logits on the host."""
     if greedy is None:
         return list(logits.float().cpu())
     out: list = [None] * len(greedy)
     rows = [b for b, g in enumerate(greedy) if g is not None]
     if rows:  # every row greedy (the usual case): no copy of the (B, vocab) logits
         sub = logits if len(rows) == len(greedy) else logits[rows]
+        want = [j for j, b in enumerate(rows) if logprobs and logprobs[b] is not None]
+        lp = torch.log_softmax(sub[want].float(), -1) if want else None  # before the masks
         for j, b in enumerate(rows):
             if greedy[b]:
                 sub[j, list(greedy[b])] = float("-inf")
-        for b, token in zip(rows, sub.argmax(-1).tolist(), strict=True):
+        tokens = sub.argmax(-1).tolist()
+        for b, token in zip(rows, tokens, strict=True):
             out[b] = token
+        if want:
+            chosen = lp.gather(1, torch.tensor([tokens[j] for j in want],
+                                               device=lp.device)[:, None])[:, 0].tolist()
+            k = max(logprobs[rows[j]] for j in want)
+            top = torch.topk(lp, k) if k else None
+            ids, vals = (top.indices.tolist(), top.values.tolist()) if k else ([], [])
+            for i, j in enumerate(want):
+                kb = logprobs[rows[j]]
+                pairs = tuple(zip(ids[i][:kb], vals[i][:kb], strict=True)) if kb else ()
+                out[rows[j]] = TokenLogprob(tokens[j], chosen[i], pairs)
     rest = [b for b, g in enumerate(greedy) if g is None]
     if rest:
         for b, row in zip(rest, logits[rest].float().cpu(), strict=True):
