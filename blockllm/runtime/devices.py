@@ -79,14 +79,14 @@ def place_keys(engine, rates: dict[str, float] | None = None) -> dict[BlockKey, 
     models = list(engine.models)
     entries = {m: engine.all_entries(m) for m in models}
     if n == 1:
-        return {engine.key(m, e): (0,) for m in models for e in entries[m]}
+        return {k: (0,) for m in models for k, _ in entries[m]}
     if cfg.residency_unit == "model":
-        return {engine.key(m, e): (i % n,) for i, m in enumerate(models) for e in entries[m]}
+        return {k: (i % n,) for i, m in enumerate(models) for k, _ in entries[m]}
     chains = {m: [e.block for e in engine.chains[m]] for m in models}
     for m in models:  # equivalent chains count as more chains of the same model
         for j, (_, chain, _) in enumerate(engine.options.get(m, ())):
             chains[f"{m}#{j}"] = [e.block for e in chain]
-    sizes = {e.block: engine.info[e.block].nbytes for m in models for e in entries[m]}
+    sizes = {e.block: engine.info[e.block].nbytes for m in models for _, e in entries[m]}
     hidden = max(c.hidden_size for c in engine.models.values())
     # service time of a pass ~ bytes of weights read; every chain equally popular at start
     rate = {c: (rates or {}).get(c.split("#")[0], 1.0) for c in chains}
@@ -102,18 +102,18 @@ def place_keys(engine, rates: dict[str, float] | None = None) -> dict[BlockKey, 
     if cfg.replicas > 1:  # blocks in the chains of several models
         users: dict[str, set[str]] = {}
         for m in models:
-            for e in entries[m]:
+            for _, e in entries[m]:
                 users.setdefault(e.block, set()).add(m)
         placed = add_replicas(placed, work, cluster,
                               {b: cfg.replicas for b, u in users.items() if len(u) > 1})
     where = {}
     for m in models:
-        for e in entries[m]:
-            where[engine.key(m, e)] = placed[e.block]
-        embed = where[engine.key(m, engine.chains[m][0])]
-        for e in entries[m]:
-            if engine.key(m, e).tied:
-                where[engine.key(m, e)] = embed
+        for k, e in entries[m]:
+            where[k] = placed[e.block]
+        for chain in engine.all_chains(m):  # a tied head beside the embedding it reads
+            head = engine.key(m, chain[-1], chain)
+            if head.tied:
+                where[head] = where[engine.key(m, chain[0], chain)]
     return where
 
 
@@ -125,7 +125,7 @@ def key_layout(engine, placed: dict[BlockKey, tuple[int, ...]]) -> tuple[dict, d
     where = {k.replica_of(i): d for k, devs in placed.items() for i, d in enumerate(devs)}
     entry_of: dict[BlockKey, tuple] = {}
     for m in engine.models:
-        for e in engine.all_entries(m):
-            for r in replicas[engine.key(m, e)]:
+        for k, e in engine.all_entries(m):
+            for r in replicas[k]:
                 entry_of.setdefault(r, (e, m))
     return replicas, where, entry_of

@@ -83,20 +83,29 @@ class Engine:
 
     # ---- keys, chains, sizes ------------------------------------------------------------
 
-    def key(self, model: str, entry: ChainEntry) -> BlockKey:
-        """A block's identity in the engine: shared across models unless sharing is off."""
+    def key(self, model: str, entry: ChainEntry, chain=None) -> BlockKey:
+        """A block's identity in the engine: shared across models unless sharing is off. A
+        tied head's key names the embedding of `chain` (default: the model's own), the one
+        its logits read: an equivalent chain that swaps the embedding has a head key of its
+        own, so its requests never share a head call with requests of another embedding."""
         owner = None if self.cfg.share_blocks else model
         tied = None
         if self.info[entry.block].kind == "head" and self.models[model].tie_word_embeddings:
-            tied = self.chains[model][0].block  # its logits read the embedding's weight
+            tied = (chain or self.chains[model])[0].block
         return BlockKey(entry.block, owner, tied)
 
-    def all_entries(self, model: str):
-        """The entries of the model's chain and of its equivalent chains, each once."""
-        seen = list(self.chains[model])
-        for _, chain, _ in self.options.get(model, ()):
-            seen += [e for e in chain if e not in seen]
-        return seen
+    def all_chains(self, model: str) -> list:
+        """The model's chain, then its equivalent chains."""
+        return [self.chains[model]] + [c for _, c, _ in self.options.get(model, ())]
+
+    def all_entries(self, model: str) -> list[tuple[BlockKey, ChainEntry]]:
+        """(key, entry) of every block the model's chain and its equivalent chains run, each
+        key once."""
+        seen: dict[BlockKey, ChainEntry] = {}
+        for chain in self.all_chains(model):
+            for e in chain:
+                seen.setdefault(self.key(model, e, chain), e)
+        return list(seen.items())
 
     def _page_bytes(self, cfg, row) -> int:
         """Bytes of one KV page of a decoder block (K and V of all its layers)."""
@@ -126,7 +135,7 @@ class Engine:
         req = Request(next(self._ids), model, list(prompt), params, max_tokens, stop,
                       assemble_chain(self, model), min_tokens=min_tokens,
                       chunk=self.cfg.prefill_chunk)
-        set_keys(self, req, tuple(self.key(model, e) for e in req.chain))  # routed at admission
+        set_keys(self, req, tuple(self.key(model, e, req.chain) for e in req.chain))
         self.sched.waiting.append(req)
         self.served[model] = self.served.get(model, 0) + 1
         return req

@@ -31,10 +31,11 @@ def _group(engine, key: BlockKey) -> list[BlockKey]:
     """The keys that move together: an embedding's replica with the replicas of the tied
     heads that read it (replica i of a tied head sits beside replica i of its embedding)."""
     group, i = {key}, key.replica
-    for m, chain in engine.chains.items():
-        embed, head = engine.key(m, chain[0]), engine.key(m, chain[-1])
-        if head.tied and key.base in (embed, head):
-            group |= {embed.replica_of(i), head.replica_of(i)}
+    for m in engine.models:
+        for chain in engine.all_chains(m):
+            embed, head = engine.key(m, chain[0], chain), engine.key(m, chain[-1], chain)
+            if head.tied and key.base in (embed, head):
+                group |= {embed.replica_of(i), head.replica_of(i)}
     return sorted(group, key=str)
 
 
