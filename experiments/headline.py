@@ -161,7 +161,9 @@ BENCHMARKS = [("blockllm vs vLLM, driven by `vllm bench serve`", "bench_serving.
               ("Streaming text work per token (`python -m benchmarks.streaming`)",
                "bench_streaming.md"),
               ("lm-evaluation-harness against the server (`python -m experiments.lm_eval_check`)",
-               "lm_eval.md")]
+               "lm_eval.md"),
+              ("KV pages by sharing degree (`python -m benchmarks.kv_split`)",
+               "bench_kv_split.md")]
 
 
 def results_doc(results: Path, headline_text: str) -> str:

@@ -256,3 +256,32 @@ def test_preemption_takes_the_newest_request_never_an_older_one(zoo4):
     assert eng.counters["preemptions"] > 0, "the pool was meant to be too small for all"
     assert old.preemptions == 0 and old.output == ref["base"][2]
     assert [r.output for r in newer] == ref["base"]
+
+
+def test_kv_pages_follow_sharing_and_admit_more_requests(zoo4):
+    """A pool that three models' chains run holds three models' sequences: with pages in
+    proportion to that (`kv_by_sharing`) the same KV budget admits more requests at once than
+    the same pages everywhere (the default), and every request keeps its reference tokens."""
+    zoo, ref = zoo4
+    models = ["base", "ft", "lora"]  # ft: its own last layer; lora: the base's decoder blocks
+    peak = {}
+    for by_sharing in (False, True):
+        eng = Engine(zoo, models, EngineConfig(kv_budget=12 * PAGE * 3, device=DEVICE,
+                                               kv_by_sharing=by_sharing, segments=False))
+        tables = eng.sched.kv.tables
+        degree = eng._sharing(tables)
+        pages = {k: t.num_pages for k, t in tables.items()}
+        if by_sharing:
+            one = min(p for k, p in pages.items() if degree[k] == 1)
+            assert all(abs(p - one * degree[k]) <= degree[k] for k, p in pages.items())
+        else:
+            assert len(set(pages.values())) == 1
+        reqs = [(m, i, eng.submit(m, p, max_tokens=N, stop_ids=frozenset()))
+                for i, p in enumerate(PROMPTS) for m in models]
+        peak[by_sharing] = 0
+        while eng.has_work():
+            eng.step()
+            peak[by_sharing] = max(peak[by_sharing], len(eng.sched.running))
+        for m, i, r in reqs:
+            assert r.output == ref[m][i], (m, i, by_sharing)
+    assert peak[True] > peak[False], peak

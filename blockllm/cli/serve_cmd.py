@@ -42,6 +42,9 @@ from blockllm.units import parse_bytes
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--no-sharing", is_flag=True, help="Ablation: every model its own blocks.")
 @click.option("--no-kv-coordination", is_flag=True, help="Ablation: per-block KV reservation.")
+@click.option("--kv-by-sharing", is_flag=True,
+              help="KV pages of each block's pool in proportion to the models whose chains run "
+                   "it (default: the same pages in every pool; see benchmarks/kv_split.py).")
 @click.option("--speculate", is_flag=True,
               help="Load the blocks queued and running requests need next in the background "
                    "(speculative loads; off by default, see README).")
@@ -63,7 +66,7 @@ from blockllm.units import parse_bytes
 @user_errors
 def serve(zoo_dir, models, memory_budget, kv_budget, device, devices, backend, placement,
           servers, replicas, replan_every, ray_address, dtype, host, port, no_sharing,
-          no_kv_coordination, speculate, batch_tokens, equivalence, baseline, api_key, max_waiting,
+          no_kv_coordination, kv_by_sharing, speculate, batch_tokens, equivalence, baseline, api_key, max_waiting,
           request_timeout, max_body):
     """Serve zoo models over HTTP (OpenAI API: /v1/completions, /v1/chat/completions)."""
     import uvicorn
@@ -79,6 +82,7 @@ def serve(zoo_dir, models, memory_budget, kv_budget, device, devices, backend, p
         cfg = EngineConfig(device=device, dtype=dtype, memory_budget=parse_bytes(memory_budget),
                            kv_budget=parse_bytes(kv_budget), share_blocks=not no_sharing,
                            coordinate_kv=not no_kv_coordination, batch_tokens=batch_tokens,
+                           kv_by_sharing=kv_by_sharing,
                            use_equivalence=equivalence, max_waiting=max_waiting,
                            speculate=speculate,
                            devices=devices, backend=backend, placement=placement,

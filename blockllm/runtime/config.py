@@ -14,6 +14,10 @@ class EngineConfig:
     page_size: int = 16  # tokens per KV page
     share_blocks: bool = True  # False (ablation): every model runs its own copy of each block
     coordinate_kv: bool = True  # False (ablation): reserve KV block by block, not chain-wide
+    kv_by_sharing: bool = False  # KV pages of a pool in proportion to the models whose chains
+    #   run it, not the same pages in every pool. Off: on 2 CPU cores it admitted 23-33% more
+    #   requests at once but p95 rose 7% (bigger batches cost time on a CPU;
+    #   benchmarks/kv_split.py); on a GPU, not measured yet
     prefill_chunk: int | None = 512  # chunked prefill: at most this many prompt tokens per
     #                                  pass (decodes are batched first); measured on 2 CPU
     #                                  cores with 128-token prompts at 2 req/s, chunks of

@@ -66,10 +66,10 @@ class Engine:
                          "block_failures": 0, "step_seconds": 0.0, "block_seconds": 0.0,
                          "load_seconds": 0.0, "prefetches": 0, "prefetch_hits": 0,
                          "prefetch_wasted": 0, "moves": 0}
-        kv = KVManager.split({k: self._page_bytes(self.models[m], self.info[e.block])
-                              for k, (e, m) in self.entry_of.items()
-                              if self.info[e.block].kind == "decoder"},
-                             config.kv_budget, config.page_size)
+        page_bytes = {k: self._page_bytes(self.models[m], self.info[e.block])
+                      for k, (e, m) in self.entry_of.items() if self.info[e.block].kind == "decoder"}
+        kv = KVManager.split(page_bytes, config.kv_budget, config.page_size,
+                             self._sharing(page_bytes) if config.kv_by_sharing else None)
         self.sched = Scheduler(config, kv, self.counters)  # queues, admission, KV, preemption
         self.executor = Executor(self.hosts, kv, lambda r: self.info[r.chain[r.stage].block].kind,
                                  self.counters)  # batches running on the devices
@@ -93,6 +93,15 @@ class Engine:
         if self.info[entry.block].kind == "head" and self.models[model].tie_word_embeddings:
             tied = (chain or self.chains[model])[0].block
         return BlockKey(entry.block, owner, tied)
+
+    def _sharing(self, keys) -> dict[BlockKey, float]:
+        """Each replica key's sharing degree: the served models whose chains run its block,
+        over the replicas that split them."""
+        users: dict[BlockKey, int] = {}
+        for m in self.models:
+            for k in {k for k, _ in self.all_entries(m)}:
+                users[k] = users.get(k, 0) + 1
+        return {k: users[k.base] / len(self.replicas[k.base]) for k in keys}
 
     def all_chains(self, model: str) -> list:
         """The model's chain, then its equivalent chains."""

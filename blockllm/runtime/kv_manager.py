@@ -21,12 +21,16 @@ class KVManager:
         self.tables = {k: PageTable(n, page_size) for k, n in pages.items()}
 
     @classmethod
-    def split(cls, page_bytes: dict[Hashable, int], budget: int, page_size: int) -> KVManager:
+    def split(cls, page_bytes: dict[Hashable, int], budget: int, page_size: int,
+              load: dict[Hashable, float] | None = None) -> KVManager:
         """`budget` bytes of KV over the pools of the keys of `page_bytes` (bytes of one page
-        of each block: all its layers): the same number of pages in each (a request holds
-        the same tokens in every block of its chain), at least one."""
-        pages = max(1, budget // max(1, sum(page_bytes.values())))
-        return cls(dict.fromkeys(page_bytes, pages), page_size)
+        of each block: all its layers), at least one page each. `load`: the sequences each
+        pool holds per sequence of a pool used by one model (its sharing degree): pages in
+        proportion to it, since a block that five models' chains run holds five models'
+        sequences. None: the same pages in each pool."""
+        load = load or dict.fromkeys(page_bytes, 1.0)
+        unit = budget / max(1, sum(load[k] * b for k, b in page_bytes.items()))
+        return cls({k: max(1, int(unit * load[k])) for k in page_bytes}, page_size)
 
     def fits(self, req: int, keys: Sequence[Hashable], n_tokens: int) -> bool:
         return all(self.tables[k].can_append(req, n_tokens) for k in keys)
