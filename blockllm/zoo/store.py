@@ -14,7 +14,6 @@ files it left are unreferenced, and the next writer removes them before doing an
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import fcntl
 import hashlib
 import json
@@ -23,62 +22,16 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from blockllm.errors import UserError
 from blockllm.models.config import LlamaConfig
 from blockllm.zoo import manifest as mf
+from blockllm.zoo.disk import (HEX64, CorruptBlock, ZooError, ZooStats, default_zoo_dir,
+                               fault_point, fsync_dir, now_utc)
 from blockllm.zoo.partition import Block, ChainEntry, block_id
-
-
-class ZooError(UserError):
-    """A zoo problem the user can fix; the message says how."""
-
-
-class CorruptBlock(ZooError):
-    pass
-
-
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
-@dataclass(frozen=True)
-class ZooStats:
-    models: int
-    distinct_blocks: int
-    unique_bytes: int  # sum of distinct referenced blocks' tensor bytes: the storage bound
-    logical_bytes: int  # what storing every model whole would take
-    disk_bytes: int  # block files + manifest + tokenizers actually on disk
-
-
-def default_zoo_dir() -> Path:
-    return Path(os.environ.get("BLOCKLLM_ZOO") or Path.home() / ".cache" / "blockllm" / "zoo")
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fault_point(name: str) -> None:
-    """Crash-safety tests pause a real `zoo add` or `zoo gc` here and kill it
-    (BLOCKLLM_FAULT=name:FILE)."""
-    spec = os.environ.get("BLOCKLLM_FAULT", "")
-    if spec.partition(":")[0] == name:
-        import time
-        Path(spec.partition(":")[2]).touch()
-        time.sleep(600)
 
 
 class Zoo:
@@ -93,7 +46,7 @@ class Zoo:
         self.con.close()
 
     def block_path(self, bid: str) -> Path:
-        if not _HEX64.fullmatch(bid):  # ids come from the manifest: never a path outside the zoo
+        if not HEX64.fullmatch(bid):  # ids come from the manifest: never a path outside the zoo
             raise CorruptBlock(f"block id {bid[:80]!r} is not a sha256 hex digest: the manifest "
                                f"at {self.root} was tampered with; rebuild the zoo")
         return self.root / "blocks" / bid[:2] / f"{bid}.safetensors"
@@ -140,8 +93,8 @@ class Zoo:
                 dest = self.root / "tokenizers" / tok_ref.removeprefix("dir:")
                 if not dest.exists():
                     os.replace(staging / "tokenizer", dest)
-            _fault_point("published")
-            now = _now()
+            fault_point("published")
+            now = now_utc()
             self.con.execute("BEGIN IMMEDIATE")
             try:
                 self._insert_blocks(new, origin, now)
@@ -174,13 +127,13 @@ class Zoo:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             staged.append((b, tmp))
-        _fault_point("staged")
+        fault_point("staged")
         for b, tmp in staged:
             dest = self.block_path(b.id)
             dest.parent.mkdir(exist_ok=True)
             os.replace(tmp, dest)
-            _fault_point("publishing")
-            _fsync_dir(dest.parent)
+            fault_point("publishing")
+            fsync_dir(dest.parent)
         return new, staging
 
     def _insert_blocks(self, blocks: list[Block], origin: str, now: str) -> None:
@@ -196,7 +149,7 @@ class Zoo:
         with self.writing():
             self.model(model)
             new, staging = self._publish(blocks)
-            now = _now()
+            now = now_utc()
             self.con.execute("BEGIN IMMEDIATE")
             try:
                 self._insert_blocks(new, f"option:{model}:{label}", now)
@@ -240,7 +193,7 @@ class Zoo:
             self.con.execute("BEGIN IMMEDIATE")
             self.con.executemany("DELETE FROM blocks WHERE id=?", [(r.id,) for r in dead])
             self.con.execute("COMMIT")
-            _fault_point("gc")
+            fault_point("gc")
             self._recover()  # the files of the rows just deleted are orphans now
             return len(dead), sum(r.file_bytes for r in dead)
 
