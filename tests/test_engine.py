@@ -11,7 +11,7 @@ import pytest
 from blockllm.runtime.batch_policy import batch_limit
 from blockllm.runtime.config import EngineConfig
 from blockllm.runtime.engine import Engine
-from blockllm.runtime.kv_manager import KVManager
+from blockllm.runtime.kv_manager import KVManager, sharing_degree
 from blockllm.runtime.residency import OverBudget, Residency
 from blockllm.zoo.ingest import add_source
 from blockllm.zoo.store import Zoo
@@ -269,7 +269,7 @@ def test_kv_pages_follow_sharing_and_admit_more_requests(zoo4):
         eng = Engine(zoo, models, EngineConfig(kv_budget=12 * PAGE * 3, device=DEVICE,
                                                kv_by_sharing=by_sharing, segments=False))
         tables = eng.sched.kv.tables
-        degree = eng._sharing(tables)
+        degree = sharing_degree(eng, tables)
         pages = {k: t.num_pages for k, t in tables.items()}
         if by_sharing:
             one = min(p for k, p in pages.items() if degree[k] == 1)

@@ -28,7 +28,7 @@ from blockllm.runtime.config import EngineConfig
 from blockllm.runtime.devices import key_layout, make_hosts, place_keys, topology
 from blockllm.runtime.execution import Done, Executor
 from blockllm.runtime.keys import BlockKey
-from blockllm.runtime.kv_manager import KVManager
+from blockllm.runtime.kv_manager import kv_pools
 from blockllm.runtime.moves import replan
 from blockllm.runtime.request import Request, State
 from blockllm.runtime.residency import OverBudget
@@ -66,10 +66,7 @@ class Engine:
                          "block_failures": 0, "step_seconds": 0.0, "block_seconds": 0.0,
                          "load_seconds": 0.0, "prefetches": 0, "prefetch_hits": 0,
                          "prefetch_wasted": 0, "moves": 0}
-        page_bytes = {k: self._page_bytes(self.models[m], self.info[e.block])
-                      for k, (e, m) in self.entry_of.items() if self.info[e.block].kind == "decoder"}
-        kv = KVManager.split(page_bytes, config.kv_budget, config.page_size,
-                             self._sharing(page_bytes) if config.kv_by_sharing else None)
+        kv = kv_pools(self)  # a KV pool per decoder key, within config.kv_budget
         self.sched = Scheduler(config, kv, self.counters)  # queues, admission, KV, preemption
         self.executor = Executor(self.hosts, kv, lambda r: self.info[r.chain[r.stage].block].kind,
                                  self.counters)  # batches running on the devices
@@ -94,15 +91,6 @@ class Engine:
             tied = (chain or self.chains[model])[0].block
         return BlockKey(entry.block, owner, tied)
 
-    def _sharing(self, keys) -> dict[BlockKey, float]:
-        """Each replica key's sharing degree: the served models whose chains run its block,
-        over the replicas that split them."""
-        users: dict[BlockKey, int] = {}
-        for m in self.models:
-            for k in {k for k, _ in self.all_entries(m)}:
-                users[k] = users.get(k, 0) + 1
-        return {k: users[k.base] / len(self.replicas[k.base]) for k in keys}
-
     def all_chains(self, model: str) -> list:
         """The model's chain, then its equivalent chains."""
         return [self.chains[model]] + [c for _, c, _ in self.options.get(model, ())]
@@ -115,11 +103,6 @@ class Engine:
             for e in chain:
                 seen.setdefault(self.key(model, e, chain), e)
         return list(seen.items())
-
-    def _page_bytes(self, cfg, row) -> int:
-        """Bytes of one KV page of a decoder block (K and V of all its layers)."""
-        return 2 * self.cfg.page_size * cfg.num_key_value_heads * cfg.head_dim * \
-            row.signature["n_layers"] * torch.empty((), dtype=self.dtype).element_size()
 
     def register(self, chain) -> None:
         """Learn the manifest rows of a chain's blocks and adapters."""

@@ -59,3 +59,30 @@ class KVManager:
     def used_pages(self, key: Hashable) -> int:
         t = self.tables[key]
         return t.num_pages - t.free_pages
+
+
+def kv_pools(engine) -> KVManager:
+    """The engine's KV pools: one per decoder key (replica), within `kv_budget` bytes. Pages
+    per pool the same everywhere, or with `kv_by_sharing` in proportion to each key's sharing
+    degree (the served models whose chains run its block, over the replicas splitting them)."""
+    import torch
+    cfg = engine.cfg
+    elem = torch.empty((), dtype=engine.dtype).element_size()
+    page_bytes = {}
+    for k, (e, m) in engine.entry_of.items():
+        row, mc = engine.info[e.block], engine.models[m]
+        if row.kind == "decoder":  # K and V of all its layers
+            page_bytes[k] = 2 * cfg.page_size * mc.num_key_value_heads * mc.head_dim * \
+                row.signature["n_layers"] * elem
+    load = sharing_degree(engine, page_bytes) if cfg.kv_by_sharing else None
+    return KVManager.split(page_bytes, cfg.kv_budget, cfg.page_size, load)
+
+
+def sharing_degree(engine, keys) -> dict:
+    """Each replica key's sharing degree: the served models whose chains (exact or
+    equivalent) run its block, over the replicas that split them."""
+    users: dict = {}
+    for m in engine.models:
+        for k in {k for k, _ in engine.all_entries(m)}:
+            users[k] = users.get(k, 0) + 1
+    return {k: users[k.base] / len(engine.replicas[k.base]) for k in keys}
