@@ -285,3 +285,33 @@ def test_kv_pages_follow_sharing_and_admit_more_requests(zoo4):
         for m, i, r in reqs:
             assert r.output == ref[m][i], (m, i, by_sharing)
     assert peak[True] > peak[False], peak
+
+
+def test_a_slow_block_read_does_not_stop_other_models(zoo4, monkeypatch):
+    """A block loaded on demand is read on a background thread: while another model's block
+    takes a second to read, the resident model's requests keep getting tokens."""
+    import time
+
+    from blockllm.runtime.hosts import LocalHost
+    zoo, ref = zoo4
+    slow = {e.block for e in zoo.chain("other")}
+    read = LocalHost._read
+
+    def slow_read(self, rows):
+        if any(r.id in slow for r in rows):
+            time.sleep(1.0)
+        return read(self, rows)
+    monkeypatch.setattr(LocalHost, "_read", slow_read)
+    eng = Engine(zoo, ["base", "other"], EngineConfig(device=DEVICE))
+    base = eng.submit("base", PROMPTS[0], max_tokens=200, stop_ids=frozenset())
+    while len(base.output) < 2:
+        eng.step()
+    other = eng.submit("other", PROMPTS[1], max_tokens=N, stop_ids=frozenset())
+    t0 = time.perf_counter()
+    while eng.has_work():
+        eng.step()
+    first_other = other.token_times[0]
+    during = [t for t in base.token_times if t0 < t < first_other]
+    assert first_other - t0 > 1.0, "other's blocks were read slowly"
+    assert len(during) >= 20, f"base got {len(during)} tokens while other's blocks were read"
+    assert base.output[:N] == ref["base"][0] and other.output == ref["other"][1]

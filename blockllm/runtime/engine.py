@@ -73,6 +73,7 @@ class Engine:
         self.weights = Weights(config, self.hosts, self.where, self.entry_of, self.info,
                                self.models, kv, self.counters)  # resident blocks, limits
         self.served: dict[str, float] = {}  # requests per model, decayed at each placement
+        self.waiting_for_reads = False  # this step found only blocks still being read
         self.last_plan = time.perf_counter()
         self._ids = itertools.count()
         self.on_token: Callable[[Request, int], None] | None = None
@@ -182,6 +183,7 @@ class Engine:
         """Admit what fits, start a batch on every idle device, then postprocess at least one
         finished batch. No-op when idle."""
         t0 = time.perf_counter()
+        self.waiting_for_reads = False
         if self.cfg.replan_s is not None and len(self.hosts) > 1 and \
                 t0 - self.last_plan >= self.cfg.replan_s:
             replan(self)
@@ -198,6 +200,8 @@ class Engine:
             if self.sched.running and self.sched.pick(self.where, None, self.weights.penalty) \
                     is None:  # all stuck waiting for KV (uncoordinated)
                 self.sched.break_deadlock()
+            elif self.waiting_for_reads:
+                time.sleep(0.001)  # only blocks being read have work: let the reader run
             return
         for done in self.executor.collect():
             self._postprocess(done)
@@ -207,8 +211,16 @@ class Engine:
     def _launch(self, device: int, key: BlockKey) -> None:
         """The block's batch (its weights loaded first, its limit known) on its device."""
         head = self.sched.head(key)
+        if not self.weights.resident(key) and self.hosts[device].reading():
+            self.waiting_for_reads = True  # one read at a time per device: a load never
+            return  # evicts a block still being read (two loads would evict each other)
         try:
             cold = self.weights.ensure_resident(key, head)
+            if not self.weights.ready(key, head):  # its read goes on: other blocks run first
+                for _, r in self.sched.queues[key]:
+                    r.cold |= cold
+                self.waiting_for_reads = True
+                return
             limit = self.weights.limit(key, head.chain[head.stage])  # may profile: first use
         except (OverBudget, CorruptBlock) as e:  # the block cannot run: end its requests
             for _, r in list(self.sched.queues[key]):

@@ -109,6 +109,14 @@ class LocalHost:
     def has(self, key: BlockKey) -> bool:
         return key in self.workers or key in self._pending
 
+    def ready(self, key: BlockKey) -> bool:
+        """A call of `key` would not wait for its background read (done, or failed)."""
+        return key not in self._pending or self._pending[key][0].done()
+
+    def reading(self) -> bool:
+        """Some block's background read is still going on."""
+        return any(not read.done() for read, _ in self._pending.values())
+
     def take_pool(self, key: BlockKey) -> tuple[KVLayout, torch.Tensor] | None:
         """Remove the block's KV pool from this device: (its layout, its tensor) (the block is
         moving: `put_pool` on its new device)."""

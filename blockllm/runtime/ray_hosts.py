@@ -103,6 +103,13 @@ class RayHost:
     def has(self, key) -> bool:
         return key in self._loaded
 
+    def ready(self, key) -> bool:
+        """Always: a call waits for the block inside the actor, not on the engine's thread."""
+        return True
+
+    def reading(self) -> bool:
+        return False
+
     def profile(self, key):
         import ray
         return ray.get(self.actor.profile.remote(key))

@@ -7,8 +7,9 @@ that is not resident on its device is loaded speculatively (`host.load(wait=Fals
 and hash-checked on a background thread, or inside its Ray actor, while the devices compute)
 if it fits its device's budget by evicting only blocks that are in no admitted or waiting
 request's chain; at most one speculative load per device per step. Without it
-(`EngineConfig.speculate=False`, the default) a block loads when the scheduler picks its
-batch, on the engine's thread, and every device waits for the load.
+(`EngineConfig.speculate=False`, the default) a block's load starts when the scheduler picks
+its batch; it is read in the background all the same (one read per device at a time), and
+the device runs other blocks' batches until the read is done (Engine._launch).
 
 The guess can be wrong: a request stops early, is preempted or aborted, or the wave moves on,
 and the block is evicted unused. Such loads are counted (`prefetch_wasted`); they cost disk

@@ -91,8 +91,8 @@ class Weights:
         load, evict = mem.plan(need)
         for k in evict:
             self.evict(k)
-        for k in load:
-            self.load(k, by_key[k], req.model)
+        for k in load:  # read on a background thread: the devices go on meanwhile
+            self.load(k, by_key[k], req.model, wait=False)
             mem.add(k, need[k])
         mem.touch(need)
         if load:
@@ -102,13 +102,18 @@ class Weights:
             self.counters["prefetch_hits"] += 1
         return bool(load)
 
+    def ready(self, key: BlockKey, req: Request) -> bool:
+        """The block (and a tied head's embedding) can run without waiting for a read."""
+        keys = [key, req.keys[0]] if key.tied else [key]
+        return all(self.hosts[self.where[k]].ready(k) for k in keys)
+
     def penalty(self, key: BlockKey, req: Request) -> float:
         """0 when the block is resident or fits the free budget (loading it evicts nothing),
         else `load_penalty_s` per 128 MiB to load: work that would evict others waits a
-        little (Scheduler.pick)."""
+        little (Scheduler.pick). A block still being read waits behind all runnable work."""
         mem = self.residency(key)
         if mem.resident(key):
-            return 0.0
+            return 0.0 if self.ready(key, req) else float("inf")
         if self.cfg.residency_unit == "model":  # the request's whole model
             missing = sum(self.weight_bytes(k) for k in req.keys if not self.resident(k))
         else:
