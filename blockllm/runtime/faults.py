@@ -1,5 +1,6 @@
 """Fault injection for the reliability tests: BLOCKLLM_FAULT=block-run:N makes the N-th block
-call of the process raise (once), as a worker that dies mid-batch would. Off unless set."""
+call of the process raise (once), as a worker that dies mid-batch would; slow-read:S makes
+every background block read take S seconds longer, as a slow disk would. Off unless set."""
 
 from __future__ import annotations
 
@@ -11,6 +12,13 @@ _calls = itertools.count(1)
 
 class InjectedFault(RuntimeError):
     pass
+
+
+def maybe_slow_read() -> None:
+    kind, _, s = os.environ.get("BLOCKLLM_FAULT", "").partition(":")
+    if kind == "slow-read":
+        import time
+        time.sleep(float(s))
 
 
 def maybe_inject_fault() -> None:

@@ -23,6 +23,7 @@ from blockllm.models.attention import AttnBatch
 from blockllm.models.config import LlamaConfig
 from blockllm.models.kv_cache import KVLayout, KVPool
 from blockllm.models.lora import LoraAdapter
+from blockllm.runtime.faults import maybe_slow_read
 from blockllm.runtime.keys import BlockKey
 from blockllm.runtime.workers import BlockWorker, new_pool, profile_latency
 from blockllm.zoo.partition import Block, concat_decoders
@@ -81,7 +82,12 @@ class LocalHost:
             return
         if self._reader is None:
             self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"blockllm-load-{self.index}")
-        self._pending[key] = (self._reader.submit(self._read, rows), (cfg, kv_pages, page_size))
+        self._pending[key] = (self._reader.submit(self._read_later, rows),
+                              (cfg, kv_pages, page_size))
+
+    def _read_later(self, rows: list) -> Block:
+        maybe_slow_read()
+        return self._read(rows)
 
     def _read(self, rows: list) -> Block:
         blocks = [self.zoo.read_block(r) for r in rows]
