@@ -315,3 +315,32 @@ def test_a_slow_block_read_does_not_stop_other_models(zoo4, monkeypatch):
     assert first_other - t0 > 1.0, "other's blocks were read slowly"
     assert len(during) >= 20, f"base got {len(during)} tokens while other's blocks were read"
     assert base.output[:N] == ref["base"][0] and other.output == ref["other"][1]
+
+
+def test_a_shared_block_s_call_serves_every_model_that_shares_it(zoo4, monkeypatch):
+    """Who ran in which call: requests of base, ft and lora (the same decoder blocks but ft's
+    last layer) run the blocks they share in one call, several models at once; a block of
+    one model's own only ever holds that model's requests; tokens stay the reference's."""
+    zoo, ref = zoo4
+    models = ["base", "ft", "lora"]
+    eng = Engine(zoo, models, EngineConfig(device=DEVICE))
+    calls = []
+    launch = eng.executor.launch
+
+    def spy(device, key, reqs, tied_key):
+        calls.append((key, [r.model for r in reqs]))
+        return launch(device, key, reqs, tied_key)
+    monkeypatch.setattr(eng.executor, "launch", spy)
+    reqs = [(m, i, eng.submit(m, p, max_tokens=N, stop_ids=frozenset()))
+            for i, p in enumerate(PROMPTS) for m in models]
+    while eng.has_work():
+        eng.step()
+    users = {}
+    for m in models:
+        for k, _ in eng.all_entries(m):
+            users.setdefault(k, set()).add(m)
+    assert any(len(set(ms)) == 3 for k, ms in calls), "a call held all three models"
+    for key, ms in calls:
+        assert set(ms) <= users[key], (key, ms)  # never a model that does not run the block
+    for m, i, r in reqs:
+        assert r.output == ref[m][i]

@@ -227,15 +227,29 @@ def test_hf_generate_baseline_has_the_same_guards(zoo):
 
 
 def test_health_and_metrics_answer_while_a_block_is_read_slowly(zoo):
-    """A block loaded on demand takes 3 s to read (BLOCKLLM_FAULT=slow-read:3): /health and
-    /metrics answer within 50 ms at p99 over 100 probes meanwhile, and the request that
-    needed the block is answered once it is read."""
+    """A block loaded on demand takes 3 s to read (BLOCKLLM_FAULT=slow-read:3): meanwhile
+    /health and /metrics answer within 50 ms at p99 over 100 probes and another model's
+    streaming request keeps streaming; the request that needed the block is answered once it
+    is read."""
     import time
     from concurrent.futures import ThreadPoolExecutor
     with live_server(zoo.root, ["base", "other"], "--memory-budget", "1MiB",
                      env={"BLOCKLLM_FAULT": "slow-read:3"}) as (url, _):
+        chunks = []
+
+        def stream_base():
+            body = {"model": "base", "prompt": "hi", "max_tokens": 400, "temperature": 0,
+                    "stream": True, "ignore_eos": True}
+            with httpx.stream("POST", url + "/v1/completions", json=body, timeout=120) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: {"):
+                        chunks.append(time.perf_counter())
         body = {"model": "other", "prompt": "hello", "max_tokens": 4, "temperature": 0}
-        with ThreadPoolExecutor(1) as pool, httpx.Client(base_url=url, timeout=10) as client:
+        with ThreadPoolExecutor(2) as pool, httpx.Client(base_url=url, timeout=10) as client:
+            streaming = pool.submit(stream_base)
+            while not chunks:
+                time.sleep(0.01)
+            t0 = time.perf_counter()
             answer = pool.submit(httpx.post, url + "/v1/completions", json=body, timeout=120)
             time.sleep(0.3)
             waits = []
@@ -243,7 +257,11 @@ def test_health_and_metrics_answer_while_a_block_is_read_slowly(zoo):
                 t = time.perf_counter()
                 assert client.get("/health" if i % 2 else "/metrics").status_code == 200
                 waits.append(time.perf_counter() - t)
+            t1 = time.perf_counter()
             assert not answer.done(), "the probes ran while the block was being read"
             r = answer.result()
+            streaming.result()
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
     assert sorted(waits)[98] < 0.05, sorted(waits)[-5:]
+    during = sum(t0 < t < t1 for t in chunks)
+    assert during >= 10, f"base streamed {during} chunks while other's block was read"
