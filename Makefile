@@ -72,8 +72,9 @@ EXPERIMENTS := accuracy latency_vs_rate footprint ablations scaling burstiness p
 	sim_validation
 reproduce: setup setup-peers
 	$(BIN)/blockllm zoo make-variants --n-eval 50
-	set -e; for e in $(EXPERIMENTS); do \
-		echo "== experiment $$e ($(SCALE)) $$(date +%T)"; \
+	set -e; i=0; n=$(words $(EXPERIMENTS)); start=$$(date +%s); for e in $(EXPERIMENTS); do \
+		i=$$((i+1)); echo "== [$$i/$$n] experiment $$e ($(SCALE)) at $$(date +%T)," \
+			"$$(( ($$(date +%s) - start) / 60 )) min elapsed (docs/experiments.md: times)"; \
 		$(BIN)/blockllm bench run $$e --scale $(SCALE) --out results/runs; done
 	$(BIN)/python -m experiments.crosscheck --out results/crosscheck.json
 	$(BIN)/python -m benchmarks.serving --out results/bench_serving.json

@@ -115,9 +115,14 @@ def accuracy_rows(runs: Path) -> list[str]:
 
 
 def placement_rows(runs: Path) -> list[str]:
-    return _table(["cluster", "placement", "hops/request", "link ms/request", "p50 e2e (s)",
-                   "p95 e2e (s)", "max GPU util"],
-                  [[r["cluster"], r["placement"], f"{r['transfers_per_request']:.0f}",
+    """One row per cluster, cost of a hop between servers and placement: every hop (block to
+    block) and the hops between servers per request, their link time, latency, utilization."""
+    return _table(["cluster", "hop between servers (us)", "placement", "hops/request",
+                   "between servers/request", "link ms/request", "p50 e2e (s)", "p95 e2e (s)",
+                   "max GPU util"],
+                  [[r["cluster"], f"{r['inter_hop_us']:g}", r["placement"],
+                    f"{r['transfers_per_request']:.0f}",
+                    f"{r.get('network_hops_per_request', float('nan')):.0f}",
                     f"{r['transfer_ms_per_request']:.1f}", f"{r['e2e_p50']:.3f}",
                     f"{r['e2e_p95']:.3f}", f"{r['util_max']:.2f}"]
                    for r in _json_rows(runs, "placement")])
