@@ -54,7 +54,7 @@ def demo_zoo() -> tuple[str | None, list[str]]:
     for seed in (1, 2):
         name = f"{EMBEDDED_NAME}-untrained-top4-{seed}"
         if name not in zoo.models():
-            from blockllm.loaders.source import load_source
+            from blockllm.loaders import load_source
             add_source(zoo, perturbed_top(load_source("embedded"), 4, seed), name,
                        meta={"kind": "partial", "note": "untrained demo copy"})
         names.append(name)
