@@ -38,7 +38,7 @@ BAD_BODIES = [
     b'{"model": "M", "prompt": "x", "logit_bias": {"999999": 1}}',
     b'{"model": "M", "prompt": "x", "presence_penalty": 9}',
     b'{"model": "M", "prompt": "x", "stop_token_ids": [-1]}',
-    b'{"model": "M", "prompt": "x", "best_of": 3}',
+    b'{"model": "M", "prompt": "x", "n": 3, "best_of": 2}',
 ]
 # valid requests carry one of these now and then (more choices, logprobs, penalties)
 EXTRAS = [{}, {}, {}, {"n": 2}, {"logprobs": 2}, {"prompt": ["Hi", "Bye"]},

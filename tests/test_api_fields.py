@@ -149,6 +149,24 @@ def test_n_with_a_seed_is_the_single_requests_with_seed_plus_i(server):  # noqa:
     assert len(set(singles)) > 1  # sampled with different seeds: not all the same
 
 
+def test_best_of_returns_the_n_most_likely_of_its_sequences(server):  # noqa: F811
+    """best_of=4, n=2 with a seed: the two of highest cumulative logprob among the four
+    sequences that single requests with seeds 5..8 give, best first."""
+    url, _, _ = server
+    client = _client(url)
+    body = dict(model="ft", prompt=PROMPTS[0], max_tokens=6, temperature=1.0,
+                extra_body={"ignore_eos": True})
+    r = client.completions.create(**body, n=2, best_of=4, seed=5)
+    singles = []
+    for i in range(4):
+        c = client.completions.create(**body, seed=5 + i, logprobs=0).choices[0]
+        singles.append((sum(c.logprobs.token_logprobs), c.text))
+    want = [t for _, t in sorted(singles, reverse=True)[:2]]
+    assert [c.index for c in r.choices] == [0, 1] and [c.text for c in r.choices] == want
+    assert r.choices[0].logprobs is None  # ranked on logprobs the client did not ask for
+    assert r.usage.completion_tokens == 4 * 6  # every sequence generated counts
+
+
 def test_echo_stop_token_ids_and_include_stop_str(server, hf):  # noqa: F811
     url, _, expected = server
     client = _client(url)
@@ -187,7 +205,9 @@ def test_repetition_penalty_equals_transformers_and_logit_bias(server, hf):  # n
 @pytest.mark.parametrize("body,word", [
     ({"prompt": "x", "n": 65}, "n"),
     ({"prompt": ["a", "b"], "n": 40}, "prompts x n"),
-    ({"prompt": "x", "best_of": 3}, "best_of"),
+    ({"prompt": "x", "n": 3, "best_of": 2}, "best_of"),
+    ({"prompt": "x", "best_of": 3, "stream": True}, "best_of"),
+    ({"prompt": ["a", "b"], "best_of": 40}, "best_of"),
     ({"prompt": "x", "logprobs": 21}, "logprobs"),
     ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
     ({"prompt": "x", "presence_penalty": 3}, "presence_penalty"),

@@ -16,8 +16,8 @@ from starlette.exceptions import HTTPException
 
 from blockllm.errors import Busy, UserError
 from blockllm.server.async_engine import AsyncEngine
-from blockllm.server.choices import (Choice, Event, Plan, chat_logprobs, completion_logprobs,
-                                     merged, submit_all)
+from blockllm.server.choices import (Choice, Event, Plan, best_n, chat_logprobs,
+                                     completion_logprobs, merged, submit_all)
 from blockllm.server.guards import Guards
 from blockllm.server.metrics import Metrics
 from blockllm.server.protocol import (ChatRequest, CompletionRequest, DetokenizeRequest,
@@ -127,9 +127,11 @@ def create_app(aengine: AsyncEngine, tokenizers: dict,
                     tuple(body.stop_list()), body.include_stop_str_in_output, body.min_tokens,
                     server.request_timeout_s)
         echo_lps = body.prompt_logprobs_k() is not None
-        choices = [Choice(p * body.n + i, ids, echo[p] if echo else "", echo_lps)
-                   for p, ids in enumerate(prompts) for i in range(body.n)]
-        submit_all(aengine, plan, choices, [body.sampling(c.index % body.n) for c in choices])
+        per = body.per_prompt()  # n, or best_of sequences of which the n best are returned
+        choices = [Choice(p * per + i, ids, echo[p] if echo else "", echo_lps)
+                   for p, ids in enumerate(prompts) for i in range(per)]
+        submit_all(aengine, plan, choices,
+                   [body.sampling(c.index % per, ranked=per > body.n) for c in choices])
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         want_lp = body.top_logprobs_k() is not None
@@ -181,10 +183,11 @@ def create_app(aengine: AsyncEngine, tokenizers: dict,
                    for c in choices]
             return {"id": rid, "object": "chat.completion", "created": created,
                     "model": body.model, "choices": out, "usage": usage()}
-        for c in choices:
+        kept = best_n(choices, per, body.n) if per > body.n else choices
+        for c in kept:
             c.offset = 0 if c.echo_lps else len(c.echo)
-        out = [{"index": c.index, "text": c.text, "finish_reason": c.finish,
-                "logprobs": logprobs(c, c.logprobs)} for c in choices]
+        out = [{"index": j, "text": c.text, "finish_reason": c.finish,
+                "logprobs": logprobs(c, c.logprobs)} for j, c in enumerate(kept)]
         return {"id": rid, "object": "text_completion", "created": created, "model": body.model,
                 "choices": out, "usage": usage()}
 

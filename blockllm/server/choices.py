@@ -155,6 +155,15 @@ async def merged(aengine: AsyncEngine, tok, plan: Plan, choices: list[Choice]
         abort_all(aengine, choices)
 
 
+def best_n(choices: list[Choice], per: int, n: int) -> list[Choice]:
+    """Of each prompt's `per` sequences (best_of), the n of highest cumulative logprob, in
+    that order, prompt by prompt."""
+    def total(c: Choice) -> float:
+        return sum(lp.logprob for lp in c.logprobs if lp.logprob is not None)
+    return [c for p in range(0, len(choices), per)
+            for c in sorted(choices[p:p + per], key=total, reverse=True)[:n]]
+
+
 def token_text(tok, token: int) -> str:
     return tok.decode([token], skip_special_tokens=False)
 

@@ -89,12 +89,19 @@ class _Common(BaseModel):
         """The same for the prompt's tokens (completions with echo)."""
         return None
 
-    def sampling(self, seed_offset: int = 0):
+    def per_prompt(self) -> int:
+        """Sequences generated per prompt (n; best_of where it asks for more)."""
+        return self.n
+
+    def sampling(self, seed_offset: int = 0, ranked: bool = False):
+        """The engine's parameters of one sequence; `ranked`: it competes on its cumulative
+        logprob (best_of), so its logprobs are computed even if the client did not ask."""
         from blockllm.models.sampling import SamplingParams
+        k = self.top_logprobs_k()
         return SamplingParams(
             temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
             seed=None if self.seed is None else self.seed + seed_offset,
-            logprobs=self.top_logprobs_k(), prompt_logprobs=self.prompt_logprobs_k(),
+            logprobs=0 if k is None and ranked else k, prompt_logprobs=self.prompt_logprobs_k(),
             presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             repetition_penalty=self.repetition_penalty,
@@ -105,21 +112,26 @@ class CompletionRequest(_Common):
     # a string, token ids, or a batch of either: one choice (times n) per prompt
     prompt: str | list[int] | list[str] | list[list[int]] = Field(min_length=1)
     max_tokens: int | None = Field(default=16, ge=0, le=1 << 20)
-    best_of: int | None = Field(default=None, ge=1, le=MAX_CHOICES)  # only = n (see below)
+    best_of: int | None = Field(default=None, ge=1, le=MAX_CHOICES)  # generated per prompt;
+    #   the n of highest cumulative logprob are returned
     logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     echo: bool = False  # the prompt's text before each choice's text
 
     @model_validator(mode="after")
     def _supported(self):
-        if self.best_of is not None and self.best_of != self.n:
-            raise ValueError(f"best_of={self.best_of} is not supported by this server (send "
-                             f"best_of equal to n, or leave it out)")
+        if self.best_of is not None and self.best_of < self.n:
+            raise ValueError(f"best_of ({self.best_of}) must be at least n ({self.n})")
+        if self.per_prompt() > self.n and self.stream:
+            raise ValueError("best_of greater than n cannot be streamed (as in the OpenAI API)")
         if self.max_tokens == 0 and not (self.echo and self.logprobs is not None):
             raise ValueError("max_tokens=0 scores the prompt alone: it needs echo=true and "
                              "logprobs")
-        if len(self.prompts()) * self.n > MAX_CHOICES:
-            raise ValueError(f"prompts x n must be at most {MAX_CHOICES}")
+        if len(self.prompts()) * self.per_prompt() > MAX_CHOICES:
+            raise ValueError(f"prompts x n (or best_of) must be at most {MAX_CHOICES}")
         return self
+
+    def per_prompt(self) -> int:
+        return max(self.n, self.best_of or 0)
 
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt
