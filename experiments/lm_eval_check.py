@@ -80,16 +80,27 @@ def run_lm_eval(url: str, model: str, tasks: list[str], include: Path, out: Path
         and "stderr" not in k) for name, r in scores.items()}
 
 
-def own_scores(zoo, model: str, n: int) -> dict:
+def option_of(zoo, model: str, label: str):
+    from blockllm.zoo.evidence import load_options
+    return next(o for o in load_options(zoo, model) if o.label == label)
+
+
+def own_scores(zoo, model: str, n: int, label: str | None = None) -> dict:
+    """The project's evaluation of `model`'s chain (its recorded option `label` if given)."""
     from blockllm.evaluation.evaluate import choice_score, task_score
-    from blockllm.zoo.ingest import chain_model
-    chain, tok = chain_model(zoo, model), zoo.tokenizer(model)
+    from blockllm.zoo.ingest import chain_model, entries_model
+    chain = entries_model(zoo, model, option_of(zoo, model, label).chain) if label else \
+        chain_model(zoo, model)
+    tok = zoo.tokenizer(model)
     return {**{t: choice_score(chain, tok, t, n) for t in CHOICE},
             **{t: task_score(chain, tok, t, n) for t in GENERATE}}
 
 
-def check(zoo_root: str, models: list[str], n: int) -> list[dict]:
-    """Rows: model, task, kind, lm-eval's score, the project's, the difference in points."""
+def check(zoo_root: str, models: list[str], n: int, pins: dict | None = None) -> list[dict]:
+    """Rows: model, chain (exact, or the recorded option a pin serves), task, kind, lm-eval's
+    score, the project's, the difference in points; for a pinned option on its model's own
+    task, the score the zoo recorded for it too."""
+    pins = pins or {}
     from blockllm.zoo.store import Zoo
     from experiments.server_proc import server_process
     zoo = Zoo(zoo_root)
@@ -97,14 +108,21 @@ def check(zoo_root: str, models: list[str], n: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         tasks = write_tasks(Path(tmp), zoo.tokenizer(models[0]), n)
         argv = ["-m", "blockllm.cli", "serve", "--zoo", zoo_root, "--models", ",".join(models)]
+        for m, label in pins.items():
+            argv += ["--pin-chain", f"{m}={label}"]
         with server_process(argv, timeout_s=300) as (url, _):
             for m in models:
                 theirs = run_lm_eval(url, m, tasks, Path(tmp), Path(tmp) / "out" / m)
-                ours = own_scores(zoo, m, n)
+                ours = own_scores(zoo, m, n, pins.get(m))
+                own_task = (zoo.model(m).meta or {}).get("task")
                 for task, score in theirs.items():
-                    rows.append({"model": m, "task": task, "kind": "multiple_choice" if task
-                                 in CHOICE else "generate_until", "n": n, "lm_eval": score,
-                                 "own": ours[task], "diff_points": score - ours[task]})
+                    row = {"model": m, "chain": pins.get(m, "exact"), "task": task,
+                           "kind": "multiple_choice" if task in CHOICE else "generate_until",
+                           "n": n, "lm_eval": score, "own": ours[task],
+                           "diff_points": score - ours[task]}
+                    if m in pins and task == own_task:
+                        row["recorded"] = option_of(zoo, m, pins[m]).score
+                    rows.append(row)
                 click.echo(f"{m}: " + ", ".join(f"{r['task']} {r['lm_eval']:.0f} (own "
                                                 f"{r['own']:.0f})" for r in rows[-len(theirs):]))
     return rows
@@ -115,10 +133,14 @@ def write(rows: list[dict], out: Path) -> None:
     out.with_suffix(".json").write_text(json.dumps({"rows": rows}, indent=1))
     lines = ["# lm-evaluation-harness against `blockllm serve` "
              "(`python -m experiments.lm_eval_check`)\n",
-             "| model | task | kind | lm-eval score | own evaluation | difference (points) |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['task']} | {r['kind']} | {r['lm_eval']:.1f} | "
-              f"{r['own']:.1f} | {r['diff_points']:+.1f} |" for r in rows]
+             "| model | chain | task | kind | lm-eval score | own evaluation | difference "
+             "(points) | zoo recorded |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        recorded = f"{r['recorded']:.1f}" if "recorded" in r else ""
+        lines.append(f"| {r['model']} | {r.get('chain', 'exact')} | {r['task']} | {r['kind']} "
+                     f"| {r['lm_eval']:.1f} | {r['own']:.1f} | {r['diff_points']:+.1f} | "
+                     f"{recorded} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
@@ -126,12 +148,17 @@ def write(rows: list[dict], out: Path) -> None:
 @click.option("--zoo", "zoo_root", default=None, help="default: the default zoo")
 @click.option("--models", default=None, help="default: every model in the zoo")
 @click.option("--n", default=50, show_default=True, help="held-out examples per task")
+@click.option("--pin", "pins", multiple=True, metavar="MODEL=LABEL",
+              help="Also serve MODEL's recorded chain option LABEL and score it (repeatable).")
 @click.option("--out", default="results/lm_eval", show_default=True)
-def main(zoo_root, models, n, out):
+def main(zoo_root, models, n, pins, out):
     from blockllm.zoo.store import Zoo
     zoo = Zoo(zoo_root) if zoo_root else Zoo()
     names = models.split(",") if models else zoo.models()
     rows = check(str(zoo.root), names, n)
+    pinned = dict(p.split("=", 1) for p in pins)
+    if pinned:  # a second server: the pinned models on their options
+        rows += check(str(zoo.root), list(pinned), n, pinned)
     write(rows, Path(out))
     worst = max(abs(r["diff_points"]) for r in rows)
     click.echo(f"wrote {out}.json and {out}.md; largest difference {worst:.1f} points")

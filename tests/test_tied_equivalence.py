@@ -78,3 +78,22 @@ def test_each_request_s_logits_use_the_embedding_it_ran(swapped, devices, monkey
             assert r.output == refs[label][i], (label, i)
     finally:
         eng.close()
+
+
+def test_a_pinned_chain_option_serves_every_request(swapped):
+    """`serve --pin-chain C=t=swap`: every request of C runs that recorded option (how
+    lm-eval measures one, experiments/lm_eval_check.py --pin); an unknown label is refused
+    with the labels the zoo has."""
+    from blockllm.errors import UserError
+    zoo, option, refs = swapped
+    eng = Engine(zoo, ["A", "C"], EngineConfig(pinned_chains=(("C", "t=swap"),)))
+    try:
+        reqs = [eng.submit("C", p, max_tokens=N, stop_ids=frozenset()) for p in PROMPTS]
+        while eng.has_work():
+            eng.step()
+        assert [r.output for r in reqs] == refs["swap"]
+        assert all(r.chain[0].block == option[0].block for r in reqs)
+    finally:
+        eng.close()
+    with pytest.raises(UserError, match="t=swap"):
+        Engine(zoo, ["C"], EngineConfig(pinned_chains=(("C", "t=nope"),)))

@@ -52,6 +52,9 @@ from blockllm.units import parse_bytes
               help="Ablation: a fixed batch limit for every block instead of profiled ones.")
 @click.option("--equivalence", is_flag=True,
               help="Serve measured equivalent chains within each model's accuracy budget.")
+@click.option("--pin-chain", "pin_chain", multiple=True, metavar="MODEL=LABEL",
+              help="Every request of MODEL runs its recorded chain option LABEL (e.g. "
+                   "t=0.05; `blockllm zoo show MODEL` lists them). Repeatable.")
 @click.option("--baseline", type=click.Choice(["per-model"]), default=None,
               help="Serve as a baseline instead: per-model = whole models, no sharing, "
                    "whole-model LRU under the same budget.")
@@ -66,8 +69,8 @@ from blockllm.units import parse_bytes
 @user_errors
 def serve(zoo_dir, models, memory_budget, kv_budget, device, devices, backend, placement,
           servers, replicas, replan_every, ray_address, dtype, host, port, no_sharing,
-          no_kv_coordination, kv_by_sharing, speculate, batch_tokens, equivalence, baseline, api_key, max_waiting,
-          request_timeout, max_body):
+          no_kv_coordination, kv_by_sharing, speculate, batch_tokens, equivalence, pin_chain,
+          baseline, api_key, max_waiting, request_timeout, max_body):
     """Serve zoo models over HTTP (OpenAI API: /v1/completions, /v1/chat/completions)."""
     import uvicorn
 
@@ -84,6 +87,7 @@ def serve(zoo_dir, models, memory_budget, kv_budget, device, devices, backend, p
                            coordinate_kv=not no_kv_coordination, batch_tokens=batch_tokens,
                            kv_by_sharing=kv_by_sharing,
                            use_equivalence=equivalence, max_waiting=max_waiting,
+                           pinned_chains=_pins(pin_chain),
                            speculate=speculate,
                            devices=devices, backend=backend, placement=placement,
                            replicas=replicas, replan_s=replan_every,
@@ -121,6 +125,19 @@ def serve(zoo_dir, models, memory_budget, kv_budget, device, devices, backend, p
                           request_timeout_s=request_timeout)
     uvicorn.run(create_app(aengine, tokenizers, server), host=host, port=port,
                 log_level="warning")
+
+
+def _pins(specs) -> tuple[tuple[str, str], ...]:
+    """--pin-chain MODEL=LABEL values as (model, label) pairs."""
+    from blockllm.errors import UserError
+    pins = []
+    for spec in specs:
+        model, sep, label = spec.partition("=")
+        if not sep or not model or not label:
+            raise UserError(f"--pin-chain {spec!r}: write MODEL=LABEL, e.g. "
+                            "smollm2-arith-top4=t=0.05")
+        pins.append((model, label))
+    return tuple(pins)
 
 
 def _servers(text: str | None) -> tuple[int, ...] | None:

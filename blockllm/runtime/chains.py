@@ -12,21 +12,33 @@ from blockllm.zoo.partition import ChainEntry
 
 
 def load_options(engine) -> dict[str, list[tuple]]:
-    """model -> [(label, chain, drop points)] of the chains allowed within its budget."""
+    """model -> [(label, chain, drop points)] of the chains allowed within its budget (with
+    use_equivalence); a pinned model's only option is the one it is pinned to."""
+    from blockllm.errors import UserError
     from blockllm.zoo.evidence import budget
     from blockllm.zoo.evidence import load_options as options_of
+    pinned = dict(engine.cfg.pinned_chains)
     out = {}
     for m in engine.models:
-        b = budget(engine.zoo, m)
-        out[m] = [(o.label, o.chain, o.drop_points) for o in options_of(engine.zoo, m)
-                  if o.drop_points <= b]
-        for _, chain, _ in out[m]:
+        opts = options_of(engine.zoo, m)
+        if m in pinned:
+            out[m] = [(o.label, o.chain, o.drop_points) for o in opts if o.label == pinned[m]]
+            if not out[m]:
+                raise UserError(f"{m} has no chain option {pinned[m]!r} (recorded: "
+                                f"{', '.join(o.label for o in opts) or 'none'}; "
+                                "`blockllm zoo equivalence` records them)")
+        elif engine.cfg.use_equivalence:
+            b = budget(engine.zoo, m)
+            out[m] = [(o.label, o.chain, o.drop_points) for o in opts if o.drop_points <= b]
+        for _, chain, _ in out.get(m, ()):
             engine.register(chain)
     return out
 
 
 def assemble_chain(engine, model: str) -> tuple[ChainEntry, ...]:
     """The chain a new request of `model` runs."""
+    if model in dict(engine.cfg.pinned_chains):
+        return engine.options[model][0][1]
     if not engine.options.get(model):
         return engine.chains[model]
     from blockllm.zoo.assembly import assemble, chain_blocks

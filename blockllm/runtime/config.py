@@ -34,6 +34,8 @@ class EngineConfig:
     latency_target_s: float | None = None  # per-call latency target for the profiled limit;
     #                                        None picks the knee of the throughput curve
     use_equivalence: bool = False  # serve measured equivalent chains within each model's budget
+    pinned_chains: tuple[tuple[str, str], ...] = ()  # (model, option label): every request of
+    #   the model runs that recorded chain option (to measure one, e.g. under lm-eval)
     max_waiting: int = 1024  # requests queued before admission; more are refused (backpressure)
     residency_unit: str = "block"  # block | model: load and evict whole models (per-model baseline)
     segments: bool = True  # run each maximal run of decoder blocks that the same chains share

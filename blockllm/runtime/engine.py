@@ -52,7 +52,8 @@ class Engine:
         self.info = {}  # block id -> BlockRow
         for chain in self.chains.values():
             self.register(chain)
-        self.options = load_options(self) if config.use_equivalence else {}
+        self.options = load_options(self) if config.use_equivalence or config.pinned_chains \
+            else {}
         if config.segments:  # decoder runs as segments: one queue, KV pool and call each
             self.chains, self.options = segment_served(
                 self.chains, self.options, self.info, config.share_blocks,
