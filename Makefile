@@ -78,7 +78,8 @@ reproduce: setup setup-peers
 		$(BIN)/blockllm bench run $$e --scale $(SCALE) --out results/runs; done
 	$(BIN)/python -m experiments.crosscheck --out results/crosscheck.json
 	$(BIN)/python -m benchmarks.serving --out results/bench_serving.json
-	$(BIN)/python -m experiments.lm_eval_check --out results/lm_eval
+	$(BIN)/python -m experiments.lm_eval_check --out results/lm_eval \
+		--pin smollm2-arith-full=t=0.02 --pin smollm2-arith-top4=t=0.1
 	$(BIN)/blockllm bench summary results/runs
 	$(BIN)/python -m experiments.headline results/runs results/headline.md docs/results.md
 	$(BIN)/blockllm figures --results results --out paper_figures/out
