@@ -26,4 +26,4 @@ def test_lm_eval_scores_equal_the_projects_own(tmp_path):
     mc = [r["lm_eval"] for r in rows if r["kind"] == "multiple_choice"]
     assert any(0 < s < 100 for s in mc), "likelihoods that pick both answers somewhere"
     write(rows, tmp_path / "lm_eval")
-    assert "| base | sentiment |" in (tmp_path / "lm_eval.md").read_text()
+    assert "| base | exact | sentiment |" in (tmp_path / "lm_eval.md").read_text()
