@@ -73,12 +73,13 @@ def create_app(aengine: AsyncEngine, tokenizers: dict,
 
     # vLLM's tokenizer routes (lm-evaluation-harness's `remote` tokenizer uses them): the
     # named model's tokenizer, or with no model the one every served model shares
+    shared = len({_fingerprint(t) for t in tokenizers.values()}) == 1  # once, not per call
+
     def _tokenizer(model: str | None):
         if model is not None:
             _check_model(model)
             return tokenizers[model]
-        kinds = {_fingerprint(t) for t in tokenizers.values()}
-        if len(kinds) > 1:
+        if not shared:
             raise UserError("the served models have different tokenizers: send `model`")
         return next(iter(tokenizers.values()))
 
