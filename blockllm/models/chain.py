@@ -19,7 +19,7 @@ from blockllm.models.kv_cache import KVLayout, KVPool, PageTable
 from blockllm.models.llama import DecoderBlock, EmbeddingBlock, HeadBlock, StitchBlock
 from blockllm.models.lora import LoraAdapter, LoraSegments
 from blockllm.models.rope import inv_frequencies
-from blockllm.models.sampling import SamplingParams, sample
+from blockllm.models.sampling import Pick, SamplingParams, pick
 
 
 class BlockWeights(Protocol):
@@ -167,12 +167,16 @@ class ChainModel:
         stop = set(self.cfg.eos_token_ids if stop_ids is None else stop_ids)
         self.reserve(sum(-(-(len(p) + max_new_tokens) // self.page_size) * self.page_size
                          for p in prompts))
-        gen = None if params.seed is None else torch.Generator().manual_seed(params.seed)
         outs: list[list[int]] = [[] for _ in prompts]
         live = list(range(len(prompts)))
         nxt = {}
+
+        def picks(rows: list[int]) -> list[Pick]:  # as the engine picks (Request.pick)
+            hist = params.processed
+            return [Pick(params, len(outs[b]), (), tuple(prompts[b]) if hist else (),
+                         tuple(outs[b]) if hist else ()) for b in rows]
         for b in live:  # prefill one prompt at a time: no padding waste
-            nxt[b] = sample(self.step([b], [prompts[b]])[0], params, gen)
+            nxt[b] = _token(pick(self.step([b], [prompts[b]]), picks([b]))[0])
         while live and max_new_tokens > 0:
             for b in live:
                 outs[b].append(nxt[b])
@@ -180,6 +184,11 @@ class ChainModel:
             if not live:
                 break
             logits = self.step(live, [[nxt[b]] for b in live])
-            for row, b in enumerate(live):
-                nxt[b] = sample(logits[row], params, gen)
+            for b, out in zip(live, pick(logits, picks(live)), strict=True):
+                nxt[b] = _token(out)
         return outs
+
+
+def _token(out) -> int:
+    """A picked token's id (a TokenLogprob where logprobs were asked)."""
+    return out if isinstance(out, int) else out.token

@@ -21,8 +21,8 @@ from collections.abc import Callable
 import torch
 
 from blockllm.errors import Busy, UserError
-from blockllm.models.sampling import (SamplingParams, TokenLogprob, process, prompt_logprobs,
-                                      sample, token_logprob)
+from blockllm.models.logprobs import TokenLogprob, prompt_logprobs
+from blockllm.models.sampling import SamplingParams
 from blockllm.runtime.chains import assemble_chain, load_options
 from blockllm.runtime.config import EngineConfig
 from blockllm.runtime.devices import key_layout, make_hosts, place_keys, topology
@@ -269,25 +269,19 @@ class Engine:
             self.abort(r, f"error: block {key} failed: {exc!r}")
         self.weights.evict(key)
 
-    def _after_head(self, req: Request, out: int | torch.Tensor) -> None:
-        """`out`: the token picked on the device (greedy), or the logits to sample from."""
+    def _after_head(self, req: Request, out: int | TokenLogprob | tuple) -> None:
+        """`out`: the token picked on the device (a TokenLogprob where logprobs are asked),
+        or (that, the prompt's logprobs)."""
         if isinstance(out, tuple):  # (its output, its prompt's logprobs)
             out, plp = out
             req.prompt_lps = prompt_logprobs(req.prompt, *plp)
         if req.max_tokens == 0:  # scoring the prompt alone (its logprobs): nothing to generate
             return self._finish(req, "length")
-        if isinstance(out, TokenLogprob):  # picked on the device with its logprobs
+        if isinstance(out, TokenLogprob):
             token = out.token
             req.logprobs.append(out)
-        elif isinstance(out, int):
-            token = out
         else:
-            logits = process(out, req.params, req.prompt, req.output)
-            if len(req.output) < req.min_tokens and req.stop_ids:
-                logits = logits.index_fill(0, torch.tensor(sorted(req.stop_ids)), float("-inf"))
-            token = sample(logits, req.params, req.generator)
-            if req.params.logprobs is not None:
-                req.logprobs.append(token_logprob(out, token, req.params.logprobs))
+            token = out
         req.output.append(token)
         self.counters["tokens"] += 1
         req.token_times.append(time.perf_counter())

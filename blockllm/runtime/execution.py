@@ -3,9 +3,9 @@
 The scheduler chooses whom a block's batch takes (integers); the hosts run blocks (tensors:
 runtime/hosts.py, one per device, in this process or a Ray actor). Between them, the
 executor turns a batch into one `BatchCall` (inputs, this step's page tables and slots for a
-decoder, adapter ids, which tokens a greedy head must not pick), keeps what each device is
+decoder, adapter ids, how the head picks each request's token), keeps what each device is
 running (`inflight`), and hands each finished batch's outputs back: hidden states, or token
-ids picked on the device, or logits to sample from.
+ids (with logprobs where asked) picked on the device.
 """
 
 from __future__ import annotations
@@ -60,23 +60,18 @@ class Executor:
             inputs = [torch.tensor(r.feed, dtype=torch.long) for r in reqs]
         else:
             inputs = [r.hidden for r in reqs]
-        attn = adapters = greedy = prompt_lp = logprobs = None
+        attn = adapters = picks = prompt_lp = None
         if kind == "decoder":  # page tables live in the scheduler; the KV pool on the device
             attn = AttnBatch.describe(self.kv.tables[key], [r.id for r in reqs],
                                       [len(r.feed) for r in reqs])
             ids = tuple(r.chain[r.stage].adapter for r in reqs)
             adapters = ids if any(ids) else None
-        if kind == "head":  # greedy requests get their token picked on the device
-            greedy = tuple((tuple(sorted(r.stop_ids)) if len(r.output) < r.min_tokens else ())
-                           if r.params.on_device else None for r in reqs)
-            if any(r.params.logprobs is not None and r.params.on_device for r in reqs):
-                logprobs = tuple(r.params.logprobs if r.params.on_device else None
-                                 for r in reqs)
+        if kind == "head":  # every request's token is picked on the device
+            picks = tuple(r.pick() for r in reqs)
             if any(r.wants_prompt_logprobs for r in reqs):
                 prompt_lp = tuple((tuple(r.prompt[1:]), r.params.prompt_logprobs)
                                   if r.wants_prompt_logprobs else None for r in reqs)
-        call = BatchCall(key, inputs, attn, adapters, tied_key, kind, greedy, prompt_lp,
-                         logprobs)
+        call = BatchCall(key, inputs, attn, adapters, tied_key, kind, picks, prompt_lp)
         # a request preempted or ended while its batch runs gets a new epoch: its output is void
         epochs = [(r.preemptions, r.state) for r in reqs]
         t0 = time.perf_counter()

@@ -23,6 +23,7 @@ from blockllm.models.attention import AttnBatch
 from blockllm.models.config import LlamaConfig
 from blockllm.models.kv_cache import KVLayout, KVPool
 from blockllm.models.lora import LoraAdapter
+from blockllm.models.sampling import Pick
 from blockllm.runtime.faults import maybe_slow_read
 from blockllm.runtime.keys import BlockKey
 from blockllm.runtime.workers import BlockWorker, new_pool, profile_latency
@@ -39,13 +40,10 @@ class BatchCall:
     adapters: tuple[str | None, ...] | None = None  # per request LoRA adapter id
     tied_key: BlockKey | None = None  # a tied head: the key of the embedding it reads
     kind: str = ""  # the block's kind (embed, decoder, stitch, head)
-    greedy: tuple[tuple[int, ...] | None, ...] | None = None  # head: per request, the token
-    #   ids it may not pick (argmax on the device, only the id comes back), or None (its
-    #   logits come back to be sampled with its own generator)
+    picks: tuple[Pick, ...] | None = None  # head: how to pick each request's next token on
+    #   the device (only ids and asked-for logprobs come back); None: greedy
     prompt_lp: tuple[tuple[tuple[int, ...], int] | None, ...] | None = None  # head: per
     #   request, (its prompt's next tokens, top k) where the prompt's logprobs are asked
-    logprobs: tuple[int | None, ...] | None = None  # head: per request picked on the device,
-    #   the top k of its token's logprobs to compute there (None: no logprobs)
 
 
 class LocalHost:
@@ -174,8 +172,8 @@ class LocalHost:
         attn = call.attn.to(self.device) if call.attn is not None else None
         # one batch may gather hidden states from blocks on different devices
         inputs = [x.to(self.device) for x in call.inputs]
-        return worker.run(inputs, self.pools.get(call.key), attn, adapters, tied, call.greedy,
-                          call.prompt_lp, call.logprobs)
+        return worker.run(inputs, self.pools.get(call.key), attn, adapters, tied, call.picks,
+                          call.prompt_lp)
 
     def _adapter(self, spec: str | tuple[str | None, ...], key: BlockKey) -> LoraAdapter:
         """An adapter block on this device, or for a segment (`spec`: the adapter of each of

@@ -4,7 +4,7 @@ and adapters). The engine stays on the driver and schedules; actors only load, d
 Hidden states go from actor to actor through Ray's object store (shared memory on one node, the
 network across nodes): a call returns one object per request, the engine keeps only their
 references and passes them to the next block's actor, which fetches them itself; only the
-head's logits come to the engine, which samples. KV never moves while serving: it stays in the
+head's token ids (picked on its device) come to the engine. KV never moves while serving: it stays in the
 pool of the actor that runs the block. An actor runs its calls in the order
 they were sent, so a `drop` or `load` sent before a `run` has happened when the run starts.
 While one actor computes, the engine starts batches on the others (`submit` returns at once)
@@ -137,7 +137,7 @@ class RayHost:
 
     def result(self, handle):
         """The block's error, raised; else its outputs: references that stay in the object
-        store for the next actor, or the head's logits, fetched for sampling."""
+        store for the next actor, or the head's token ids, fetched."""
         import ray
         status, outs, fetch = handle
         try:

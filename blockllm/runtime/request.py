@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from blockllm.models.sampling import SamplingParams, TokenLogprob
+from blockllm.models.logprobs import TokenLogprob
+from blockllm.models.sampling import Pick, SamplingParams
 from blockllm.zoo.partition import ChainEntry
 
 
@@ -42,7 +43,6 @@ class Request:
     cold: bool = False  # some block had to be loaded for it
     arrival: float = field(default_factory=time.perf_counter)
     token_times: list[float] = field(default_factory=list)
-    generator: torch.Generator | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)  # per output token, if asked
     prompt_lps: list[TokenLogprob] | None = None  # per prompt token, once its pass ran
 
@@ -50,8 +50,6 @@ class Request:
         if self.params.prompt_logprobs is not None:
             self.chunk = None  # the whole prompt through the head in one pass
         self.feed = self.context[: self.chunk]
-        if self.params.seed is not None:
-            self.generator = torch.Generator().manual_seed(self.params.seed)
 
     @property
     def context(self) -> list[int]:
@@ -63,6 +61,15 @@ class Request:
         """This pass is the prompt's (the first, not a recompute) and its logprobs are asked."""
         return self.params.prompt_logprobs is not None and self.prompt_lps is None and \
             self.done == 0 and not self.output
+
+    def pick(self) -> Pick:
+        """How the head picks this request's next token: its params, the token's index (a
+        seeded draw's), the stop ids before min_tokens, its tokens where a penalty reads them."""
+        banned = tuple(sorted(self.stop_ids)) if len(self.output) < self.min_tokens else ()
+        if not self.params.processed:
+            return Pick(self.params, len(self.output), banned)
+        return Pick(self.params, len(self.output), banned, tuple(self.prompt),
+                    tuple(self.output))
 
     @property
     def pass_end(self) -> int:

@@ -2,8 +2,8 @@
 
 A worker owns one block's module (and, for decoder blocks, its paged KV pool) and runs a batch
 of requests through it: token ids for the embedding, flattened hidden states for decoder and
-stitch blocks (with each request's LoRA adapter applied to its own rows), last-token logits
-for the head.
+stitch blocks (with each request's LoRA adapter applied to its own rows); the head picks
+each request's next token from its last-token logits on the device (models/sampling.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from blockllm.models.chain import build_block
 from blockllm.models.config import LlamaConfig
 from blockllm.models.kv_cache import KVLayout, KVPool, PageTable
 from blockllm.models.lora import LoraAdapter, LoraSegments
-from blockllm.models.sampling import TokenLogprob
+from blockllm.models.logprobs import logprobs_of
+from blockllm.models.sampling import GREEDY, Pick, pick
 from blockllm.zoo.partition import Block
 
 
@@ -39,14 +40,14 @@ class BlockWorker:
     def run(self, inputs: list[torch.Tensor], pool: KVPool | None = None,
             attn: AttnBatch | None = None, adapters: list[LoraAdapter | None] | None = None,
             tied_weight: torch.Tensor | None = None,
-            greedy: tuple[tuple[int, ...] | None, ...] | None = None,
-            prompt_lp: tuple[tuple[tuple[int, ...], int] | None, ...] | None = None,
-            logprobs: tuple[int | None, ...] | None = None) -> list:
+            picks: tuple[Pick, ...] | None = None,
+            prompt_lp: tuple[tuple[tuple[int, ...], int] | None, ...] | None = None) -> list:
         """One batched call. inputs[i]: ids (n_i,) or hidden (n_i, h). Returns per-request
-        outputs: hidden (n_i, h); for the head, each last token's logits (vocab,), or where
-        `greedy[i]` is set the argmax token id (an int) with those ids masked out, picked on
-        the device for the whole batch at once. Decoder blocks take `attn`, this step's
-        slots and page tables in `pool`, on the device."""
+        outputs: hidden (n_i, h); for the head, each request's next token (an int, or a
+        TokenLogprob where its params ask for logprobs) as `picks[i]` says, picked on the
+        device for the whole batch at once, with (that, its prompt's logprobs) where
+        `prompt_lp[i]` asks for them. Decoder blocks take `attn`, this step's slots and page
+        tables in `pool`, on the device."""
         lens = [x.shape[0] for x in inputs]
         x = torch.cat(inputs).to(self.device)
         if self.kind == "embed":
@@ -55,7 +56,7 @@ class BlockWorker:
             if tied_weight is not None:
                 self.module.tied_weight = tied_weight
             last = torch.tensor(lens, device=self.device).cumsum(0) - 1
-            outs = pick(self.module(x[last]), greedy, logprobs)
+            outs = pick(self.module(x[last]), picks or (GREEDY,) * len(lens))
             for b, spec in enumerate(prompt_lp or ()):
                 if spec is not None:  # (its output, the prompt's logprobs)
                     start = int(last[b]) + 1 - lens[b]
@@ -72,48 +73,7 @@ class BlockWorker:
     def _prompt_logprobs(self, rows: torch.Tensor, targets: tuple[int, ...], k: int) -> tuple:
         """Log-softmax of the head over a prompt's positions but the last: each next prompt
         token's logprob (n-1,) and the top k ids and values (n-1, k), on the host."""
-        lp = torch.log_softmax(self.module(rows).float(), -1)
-        chosen = lp.gather(1, torch.tensor(targets, device=lp.device)[:, None])[:, 0]
-        if not k:
-            return chosen.cpu(), None, None
-        top = torch.topk(lp, k)
-        return chosen.cpu(), top.indices.cpu(), top.values.cpu()
-
-
-def pick(logits: torch.Tensor, greedy: tuple[tuple[int, ...] | None, ...] | None,
-         logprobs: tuple[int | None, ...] | None = None) -> list:
-    """Per row of (B, vocab) logits: the argmax id where greedy[b] is set (its ids masked to
-    -inf first), as a TokenLogprob where logprobs[b] asks for its logprob and top k (from the
-    unmasked logits, computed here for those rows at once); else the row's logits on the host."""
-    if greedy is None:
-        return list(logits.float().cpu())
-    out: list = [None] * len(greedy)
-    rows = [b for b, g in enumerate(greedy) if g is not None]
-    if rows:  # every row greedy (the usual case): no copy of the (B, vocab) logits
-        sub = logits if len(rows) == len(greedy) else logits[rows]
-        want = [j for j, b in enumerate(rows) if logprobs and logprobs[b] is not None]
-        lp = torch.log_softmax(sub[want].float(), -1) if want else None  # before the masks
-        for j, b in enumerate(rows):
-            if greedy[b]:
-                sub[j, list(greedy[b])] = float("-inf")
-        tokens = sub.argmax(-1).tolist()
-        for b, token in zip(rows, tokens, strict=True):
-            out[b] = token
-        if want:
-            chosen = lp.gather(1, torch.tensor([tokens[j] for j in want],
-                                               device=lp.device)[:, None])[:, 0].tolist()
-            k = max(logprobs[rows[j]] for j in want)
-            top = torch.topk(lp, k) if k else None
-            ids, vals = (top.indices.tolist(), top.values.tolist()) if k else ([], [])
-            for i, j in enumerate(want):
-                kb = logprobs[rows[j]]
-                pairs = tuple(zip(ids[i][:kb], vals[i][:kb], strict=True)) if kb else ()
-                out[rows[j]] = TokenLogprob(tokens[j], chosen[i], pairs)
-    rest = [b for b, g in enumerate(greedy) if g is None]
-    if rest:
-        for b, row in zip(rest, logits[rest].float().cpu(), strict=True):
-            out[b] = row
-    return out
+        return logprobs_of(self.module(rows), torch.tensor(targets), k)
 
 
 def new_pool(cfg: LlamaConfig, n_layers: int, pages: int, page_size: int, dtype: torch.dtype,

@@ -9,7 +9,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from blockllm.models.sampling import SamplingParams, TokenLogprob
+from blockllm.models.logprobs import TokenLogprob
+from blockllm.models.sampling import SamplingParams
 from blockllm.server.async_engine import AsyncEngine, Ticket
 from blockllm.server.detokenize import TextStream
 
