@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import torch
 
-from blockllm.errors import Busy, UserError
+from blockllm.errors import UserError
 from blockllm.models.logprobs import TokenLogprob, prompt_logprobs
 from blockllm.models.sampling import SamplingParams
 from blockllm.runtime.chains import assemble_chain, load_options
@@ -30,7 +30,7 @@ from blockllm.runtime.execution import Done, Executor
 from blockllm.runtime.keys import BlockKey
 from blockllm.runtime.kv_manager import kv_pools
 from blockllm.runtime.moves import replan
-from blockllm.runtime.request import Request, State
+from blockllm.runtime.request import Request, State, check_request
 from blockllm.runtime.residency import OverBudget
 from blockllm.runtime.routing import route_request, set_keys
 from blockllm.runtime.scheduler import Scheduler
@@ -39,6 +39,11 @@ from blockllm.runtime.speculation import speculate
 from blockllm.runtime.weights import Weights
 from blockllm.zoo.partition import ChainEntry
 from blockllm.zoo.store import CorruptBlock, Zoo
+
+
+COUNTERS = ("steps", "block_calls", "tokens", "preemptions", "deadlocks", "cold_loads",
+            "block_failures", "step_seconds", "block_seconds", "load_seconds", "prefetches",
+            "prefetch_hits", "prefetch_wasted", "moves")
 
 
 class Engine:
@@ -62,11 +67,7 @@ class Engine:
         self.cluster = topology(self.hosts, config)  # which devices share a server's links
         self.replicas, self.where, self.entry_of = key_layout(self, place_keys(self))
         # step_seconds = block_seconds (inside block calls) + load_seconds + the engine's own work
-        self.counters = {"steps": 0, "block_calls": 0, "tokens": 0, "preemptions": 0,
-                         "deadlocks": 0, "cold_loads": 0,
-                         "block_failures": 0, "step_seconds": 0.0, "block_seconds": 0.0,
-                         "load_seconds": 0.0, "prefetches": 0, "prefetch_hits": 0,
-                         "prefetch_wasted": 0, "moves": 0}
+        self.counters = {k: 0.0 if k.endswith("seconds") else 0 for k in COUNTERS}
         kv = kv_pools(self)  # a KV pool per decoder key, within config.kv_budget
         self.sched = Scheduler(config, kv, self.counters)  # queues, admission, KV, preemption
         self.executor = Executor(self.hosts, kv, lambda r: self.info[r.chain[r.stage].block].kind,
@@ -113,7 +114,6 @@ class Engine:
                 if bid and bid not in self.info:
                     self.info[bid] = self.zoo.block_info(bid)
 
-
     # ---- requests -------------------------------------------------------------------------
 
     def submit(self, model: str, prompt: list[int], params: SamplingParams = SamplingParams(),
@@ -136,23 +136,10 @@ class Engine:
 
     def check(self, model: str, prompt: list[int], max_tokens: int, min_tokens: int,
               waiting: int, scoring: bool = False) -> None:
-        """What a request's own fields can break, and the backlog (`waiting` requests): a
-        UserError or Busy naming it. Reads only the configuration: any thread may call it."""
-        if model not in self.models:
-            raise UserError(f"model {model!r} is not served (served: {', '.join(self.models)})")
-        cfg = self.models[model]
-        if not prompt:
-            raise UserError("the prompt is empty")
-        if max_tokens < (0 if scoring else 1):
-            raise UserError("max_tokens must be at least 1 (0 only with the prompt's logprobs)")
-        if not 0 <= min_tokens <= max_tokens:
-            raise UserError(f"min_tokens must be in [0, max_tokens={max_tokens}]")
-        if len(prompt) + max_tokens > cfg.max_position_embeddings:
-            raise UserError(f"prompt of {len(prompt)} tokens + max_tokens {max_tokens} exceeds "
-                            f"the context length {cfg.max_position_embeddings}")
-        if waiting >= self.cfg.max_waiting:
-            raise Busy(f"the server is busy: {waiting} requests are waiting "
-                       f"(max_waiting {self.cfg.max_waiting}); retry later")
+        """A UserError or Busy naming what the request's fields or the backlog (`waiting`
+        requests) break; reads only the configuration: any thread may call it."""
+        check_request(self.models, self.cfg.max_waiting, model, prompt, max_tokens,
+                      min_tokens, waiting, scoring)
 
     def snapshot(self) -> dict:
         """What /metrics and /v1/models read, as plain data (taken on the engine's thread)."""

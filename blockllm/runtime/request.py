@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from blockllm.errors import Busy, UserError
+from blockllm.models.config import LlamaConfig
 from blockllm.models.logprobs import TokenLogprob
 from blockllm.models.sampling import Pick, SamplingParams
 from blockllm.zoo.partition import ChainEntry
@@ -95,3 +97,25 @@ class Request:
         self.feed = self.context[: self.chunk]
         self.hidden = None
         self.preemptions += 1
+
+
+def check_request(models: dict[str, LlamaConfig], max_waiting: int, model: str,
+                  prompt: list[int], max_tokens: int, min_tokens: int, waiting: int,
+                  scoring: bool = False) -> None:
+    """What a request's own fields can break against the served `models`, and the backlog
+    (`waiting` requests queued, at most `max_waiting`): a UserError or Busy naming it."""
+    if model not in models:
+        raise UserError(f"model {model!r} is not served (served: {', '.join(models)})")
+    cfg = models[model]
+    if not prompt:
+        raise UserError("the prompt is empty")
+    if max_tokens < (0 if scoring else 1):
+        raise UserError("max_tokens must be at least 1 (0 only with the prompt's logprobs)")
+    if not 0 <= min_tokens <= max_tokens:
+        raise UserError(f"min_tokens must be in [0, max_tokens={max_tokens}]")
+    if len(prompt) + max_tokens > cfg.max_position_embeddings:
+        raise UserError(f"prompt of {len(prompt)} tokens + max_tokens {max_tokens} exceeds "
+                        f"the context length {cfg.max_position_embeddings}")
+    if waiting >= max_waiting:
+        raise Busy(f"the server is busy: {waiting} requests are waiting "
+                   f"(max_waiting {max_waiting}); retry later")
