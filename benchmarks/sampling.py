@@ -4,7 +4,8 @@ multinomial with its own generator). Temperature 0.8, top-p 0.95, seeded, on two
 logits: SmolLM2's own next-token logits over a text (`smollm2`, what serving sees) and flat
 random ones over its vocabulary (`flat`, the worst case: every nucleus is wide).
 
-    python -m benchmarks.sampling [--device cpu|cuda] [--out results/bench_sampling.json]
+    python -m benchmarks.sampling [--device cpu|cuda] [--logits smollm2,flat]
+                                  [--batches 1,8,32,64] [--out results/bench_sampling.json]
 
 Reported per batch size: milliseconds per head batch (median of 20), and their ratio.
 """
@@ -65,12 +66,15 @@ def smollm2_logits(n: int) -> torch.Tensor:
 
 @click.command()
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--logits", "kinds", default="smollm2,flat", show_default=True)
+@click.option("--batches", default="1,8,32,64", show_default=True)
 @click.option("--out", default="results/bench_sampling.json", show_default=True)
-def main(device, out):
+def main(device, kinds, batches, out):
     rows = []
-    real = smollm2_logits(64)
-    for kind in ("smollm2", "flat"):
-        for b in (1, 8, 32, 64):
+    sizes = [int(b) for b in batches.split(",")]
+    real = smollm2_logits(max(sizes)) if "smollm2" in kinds.split(",") else None
+    for kind in kinds.split(","):
+        for b in sizes:
             logits = (real[:b] if kind == "smollm2" else torch.randn(
                 b, VOCAB, generator=torch.Generator().manual_seed(b))).to(device)
             picks = [Pick(PARAMS, step=7) for _ in range(b)]

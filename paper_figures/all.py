@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from paper_figures import (
+    benchmarks,
     equivalence,
     footprint,
     placement,
@@ -23,7 +24,8 @@ def draw_all(results: Path, out_dir: Path, say=print) -> list[Path]:
             ("footprint", footprint.draw, runs),
             ("serving", serving.draw, runs),
             ("placement", placement.draw, runs),
-            ("sim_validation", sim_validation.draw, results)]
+            ("sim_validation", sim_validation.draw, results),
+            ("benchmarks", benchmarks.draw, results)]
     accuracy = list(runs.glob("accuracy-*.json"))
     jobs.append(("equivalence", equivalence.draw,
                  runs if accuracy else results / "equivalence.json"))

@@ -1,0 +1,73 @@
+"""Benchmark figures: blockllm vs vLLM side by side (`python -m benchmarks.serving`) and a head
+batch's sampling on the device vs per row on the host (`python -m benchmarks.sampling`).
+
+    python -m paper_figures.benchmarks [results] [paper_figures/out]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from paper_figures._save import main, save
+
+WORKLOAD_LABELS = {"one-model": "one model", "lora": "base + 2 LoRA",
+                   "partial": "base + 2 partial fine-tunes"}
+
+
+def draw(results: Path, out_dir: Path) -> list[Path]:
+    paths = []
+    if (results / "bench_serving.json").exists():
+        paths += serving(results / "bench_serving.json", out_dir)
+    if (results / "bench_sampling.json").exists():
+        paths += sampling(results / "bench_sampling.json", out_dir)
+    if not paths:
+        raise FileNotFoundError(f"no bench_serving.json or bench_sampling.json in {results}: "
+                                "run `python -m benchmarks.serving` or `.sampling` first")
+    return paths
+
+
+def serving(path: Path, out_dir: Path) -> list[Path]:
+    """p95 and p50 end-to-end latency per workload and rate, blockllm beside vLLM."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import pandas as pd
+    import seaborn as sns
+
+    df = pd.DataFrame(json.loads(path.read_text()))
+    df["workload"] = df["workload"].map(WORKLOAD_LABELS).fillna(df["workload"])
+    df["system"] = df["system"].replace({"vllm": "vLLM (multi-LoRA; per model for partial)"})
+    long = pd.concat([df.assign(quantile=q, seconds=df[f"{q}_e2el_ms"] / 1e3)
+                      for q in ("p50", "p95")], ignore_index=True)
+    long["rate"] = long["rate"].map(lambda r: f"{r:g} req/s")
+    sns.set_theme(style="whitegrid")
+    g = sns.catplot(long, x="rate", y="seconds", hue="system", col="workload", row="quantile",
+                    kind="bar", height=2.8, aspect=1.1, sharey=False)
+    g.set_axis_labels("", "end-to-end latency (s)")
+    g.set_titles("{col_name}, {row_name}")
+    g.figure.subplots_adjust(top=0.86)
+    g.figure.suptitle("blockllm vs vLLM, same CPU, weights and trace (vllm bench serve)")
+    return save(g.figure, out_dir, "bench_serving")
+
+
+def sampling(path: Path, out_dir: Path) -> list[Path]:
+    """Milliseconds per head batch against its size, batched on the device vs per row."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import pandas as pd
+    import seaborn as sns
+
+    df = pd.DataFrame(json.loads(path.read_text())["rows"])
+    long = pd.concat([df.assign(sampler="on the device, batched", ms=df["device_batched_ms"]),
+                      df.assign(sampler="per row on the host (before)",
+                                ms=df["host_per_row_ms"])], ignore_index=True)
+    sns.set_theme(style="whitegrid")
+    g = sns.relplot(long, x="batch", y="ms", hue="sampler", col="logits", kind="line",
+                    marker="o", height=3.2, aspect=1.1)
+    g.set(xscale="log", yscale="log")
+    g.set_axis_labels("requests in the head's batch", "ms to pick their tokens")
+    return save(g.figure, out_dir, "bench_sampling")
+
+
+if __name__ == "__main__":
+    main(draw, "results")
