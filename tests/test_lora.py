@@ -67,7 +67,7 @@ def test_merge_into_equals_adapter_path(base_and_adapter):
     a = ada.tensors["layers.0.self_attn.q_proj.lora_A"]
     b = ada.tensors["layers.0.self_attn.q_proj.lora_B"]
     seg = LoraSegments.single(LoraAdapter(ada.tensors, ada.signature["scaling"]), 5)
-    y = seg.add_delta(x @ w.T, x, 0, "self_attn.q_proj")
+    y = seg.add_delta(x @ w.T, x, 0, ("self_attn.q_proj",))
     torch.testing.assert_close(y, x @ merged["layers.0.self_attn.q_proj.weight"].T,
                                rtol=1e-5, atol=1e-5)
     assert a.shape == (4, 64) and b.shape == (64, 4)
@@ -80,11 +80,52 @@ def test_mixed_adapters_in_one_batch():
     ad = [LoraAdapter({"layers.0.m.lora_A": torch.randn(2, 8),
                        "layers.0.m.lora_B": torch.randn(8, 2)}, s) for s in (0.5, 2.0)]
     seg = LoraSegments.per_sequence([ad[0], None, ad[1]], [2, 3, 1])
-    y = seg.add_delta(x @ w.T, x, 0, "m")
+    y = seg.add_delta(x @ w.T, x, 0, ("m",))
     for rows, a in ((slice(0, 2), ad[0]), (slice(5, 6), ad[1])):
         A, B = a.pair(0, "m")
         torch.testing.assert_close(y[rows], x[rows] @ w.T + a.scaling * x[rows] @ A.T @ B.T)
     torch.testing.assert_close(y[2:5], x[2:5] @ w.T)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
+def test_one_delta_for_a_fused_matmul_equals_each_module_s_own(native, monkeypatch):
+    """q, k, v (one fused matmul) with an adapter on q and v only, another on k only, rows of
+    both and of none interleaved (gathered groups): the joint delta of each adapter equals
+    the per-module deltas, and a module no adapter targets is left alone; with the native
+    kernel (one op for the batch) and the torch path (a GPU's, or no compiler)."""
+    import blockllm.models.lora as lora_mod
+    from blockllm.kernels import native as built
+    if native:
+        if built() is None:
+            pytest.skip("the native kernels are not built here (no compiler)")
+    else:
+        monkeypatch.setattr(lora_mod, "_native", lambda y, x: None)
+    g = torch.Generator().manual_seed(0)
+    outs = (8, 4, 4)
+    mods = ("q", "k", "v")
+
+    def pair(out):
+        return torch.randn(2, 8, generator=g), torch.randn(out, 2, generator=g)
+    qv = LoraAdapter({f"layers.0.{m}.lora_{ab}": t for m in ("q", "v")
+                      for ab, t in zip("AB", pair(outs[mods.index(m)]), strict=True)}, 0.5)
+    k = LoraAdapter({f"layers.0.k.lora_{ab}": t for ab, t in zip("AB", pair(4), strict=True)},
+                    2.0)
+    x = torch.randn(7, 8, generator=g)
+    base = torch.randn(7, 16, generator=g)
+    adapters, lens = [qv, None, k, qv, k], [2, 1, 1, 2, 1]
+    y = LoraSegments.per_sequence(adapters, lens).add_delta(base.clone(), x, 0, mods, outs)
+    want = base.clone()
+    row = 0
+    for a, n in zip(adapters, lens, strict=True):
+        col = 0
+        for m, w in zip(mods, outs, strict=True):
+            p = a.pair(0, m) if a is not None else None
+            if p is not None:
+                want[row: row + n, col: col + w] += a.scaling * x[row: row + n] @ p[0].T @ p[1].T
+            col += w
+        row += n
+    torch.testing.assert_close(y, want)
+    assert qv.joint(0, ("o",), (8,)) is None
 
 
 def test_zoo_adapter_model_and_its_merge_give_the_same_outputs(tmp_path):

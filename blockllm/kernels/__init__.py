@@ -4,7 +4,8 @@ cpp_extension, cached in its extensions folder, $TORCH_EXTENSIONS_DIR or
 
 * paged_attention.cpp: decode attention over a paged KV pool read in place;
 * layer_ops.cpp: a decoder layer's elementwise work fused (RMSNorm, residual add + RMSNorm,
-  SiLU-and-mul, RoPE of q and k in place), as vLLM's CPU custom ops do.
+  SiLU-and-mul, RoPE of q and k in place), as vLLM's CPU custom ops do;
+* lora_ops.cpp: the LoRA deltas of a batch mixing adapters, one op per fused matmul.
 
 Where they cannot be built (no compiler) or are switched off (BLOCKLLM_NATIVE=0), `native()`
 is None and the model code takes its torch path (models.ops, models.attention).
@@ -23,7 +24,8 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
-SOURCES = [Path(__file__).with_name(f) for f in ("paged_attention.cpp", "layer_ops.cpp")]
+SOURCES = [Path(__file__).with_name(f) for f in ("paged_attention.cpp", "layer_ops.cpp",
+                                                  "lora_ops.cpp")]
 
 
 def _cpu_id() -> str:

@@ -18,6 +18,9 @@ from blockllm.models.attention import AttnBatch, paged_attention
 from blockllm.models.config import LlamaConfig
 from blockllm.models.kv_cache import KVPool
 from blockllm.models.lora import LoraSegments
+
+QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+GATE_UP = ("mlp.gate_proj", "mlp.up_proj")
 from blockllm.models.rope import apply_rope, inv_frequencies
 
 
@@ -84,13 +87,14 @@ class Attention(nn.Module):
         q_dim, kv_dim = self.n_heads * D, self.n_kv * D
         if self.qkv_weight is not None:
             qkv = linear(x, self.qkv_weight)  # (T, q_dim + 2 kv_dim)
-            q, k, v = qkv.split([q_dim, kv_dim, kv_dim], dim=-1)  # views: deltas land in qkv
+            if lora is not None:  # q, k and v's deltas in one
+                lora.add_delta(qkv, x, layer, QKV, (q_dim, kv_dim, kv_dim))
+            q, k, v = qkv.split([q_dim, kv_dim, kv_dim], dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if lora is not None:
-            q = lora.add_delta(q, x, layer, "self_attn.q_proj")
-            k = lora.add_delta(k, x, layer, "self_attn.k_proj")
-            v = lora.add_delta(v, x, layer, "self_attn.v_proj")
+            if lora is not None:
+                q, k, v = (lora.add_delta(t, x, layer, (m,)) for t, m in zip((q, k, v), QKV,
+                                                                            strict=True))
         if self.qkv_weight is not None:
             ops.rope_qk_(qkv, cos, sin, self.n_heads, self.n_kv)  # q and k rotated in place
             q, k = q.view(T, self.n_heads, D), k.view(T, self.n_kv, D)
@@ -100,7 +104,7 @@ class Attention(nn.Module):
         out = paged_attention(q, k, v.view(T, self.n_kv, D), pool, layer, batch)
         out = out.reshape(T, self.n_heads * self.head_dim)
         y = self.o_proj(out) if self.qkv_weight is None else linear(out, self.o_weight)
-        return y if lora is None else lora.add_delta(y, out, layer, "self_attn.o_proj")
+        return y if lora is None else lora.add_delta(y, out, layer, ("self_attn.o_proj",))
 
 
 class MLP(nn.Module):
@@ -123,15 +127,17 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor, layer: int, lora: LoraSegments | None) -> torch.Tensor:
         if self.gate_up_weight is not None:
             gate_up = linear(x, self.gate_up_weight)  # (T, 2 I)
-            g, u = gate_up.chunk(2, dim=-1)  # views: deltas land in gate_up
+            if lora is not None:  # gate and up's deltas in one
+                half = gate_up.shape[1] // 2
+                lora.add_delta(gate_up, x, layer, GATE_UP, (half, half))
         else:
             g, u = self.gate_proj(x), self.up_proj(x)
-        if lora is not None:
-            g = lora.add_delta(g, x, layer, "mlp.gate_proj")
-            u = lora.add_delta(u, x, layer, "mlp.up_proj")
+            if lora is not None:
+                g, u = (lora.add_delta(t, x, layer, (m,)) for t, m in zip((g, u), GATE_UP,
+                                                                         strict=True))
         h = ops.silu_mul(gate_up) if self.gate_up_weight is not None else F.silu(g) * u
         y = self.down_proj(h) if self.gate_up_weight is None else linear(h, self.down_weight)
-        return y if lora is None else lora.add_delta(y, h, layer, "mlp.down_proj")
+        return y if lora is None else lora.add_delta(y, h, layer, ("mlp.down_proj",))
 
 
 class DecoderLayer(nn.Module):

@@ -11,7 +11,7 @@ runs once for the whole batch and only the low-rank deltas run per adapter.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -25,12 +25,37 @@ class LoraAdapter:
 
     tensors: dict[str, torch.Tensor]  # "layers.{j}.{module}.lora_A" / ".lora_B"
     scaling: float  # lora_alpha / r (or / sqrt(r) with rslora)
+    _joint: dict = field(default_factory=dict, compare=False, repr=False)  # see joint()
 
     def pair(self, layer: int, module: str) -> tuple[torch.Tensor, torch.Tensor] | None:
         a = self.tensors.get(f"layers.{layer}.{module}.lora_A")
         if a is None:
             return None
         return a, self.tensors[f"layers.{layer}.{module}.lora_B"]
+
+    def joint(self, layer: int, modules: tuple[str, ...], outs: tuple[int, ...]
+              ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """One low-rank delta for `modules` whose base outputs are the column blocks (of
+        widths `outs`) of one fused matmul (q, k, v; gate, up): A (sum r, in) of the modules
+        this adapter targets, stacked, and Bt (sum r, sum outs), the B's transposed and set
+        block-diagonally with the scaling folded in, so `(x @ A.T) @ Bt` is every module's
+        delta at once. None if it targets none of them. Built once per (layer, modules)."""
+        key = (layer, modules)
+        if key not in self._joint:
+            pairs = [self.pair(layer, m) for m in modules]
+            if all(p is None for p in pairs):
+                self._joint[key] = None
+                return None
+            a = torch.cat([p[0] for p in pairs if p is not None]).contiguous()
+            bt = a.new_zeros(a.shape[0], sum(outs))
+            row = col = 0
+            for p, n in zip(pairs, outs, strict=True):
+                if p is not None:
+                    bt[row: row + p[0].shape[0], col: col + n] = p[1].T * self.scaling
+                    row += p[0].shape[0]
+                col += n
+            self._joint[key] = (a, bt)
+        return self._joint[key]
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> LoraAdapter:
         return LoraAdapter({k: v.to(device, dtype) for k, v in self.tensors.items()}, self.scaling)
@@ -64,6 +89,8 @@ class LoraSegments:
         return None if adapter is None else cls(((0, n_tokens, adapter),))
 
     groups: tuple[tuple[torch.Tensor, LoraAdapter], ...] = ()  # (rows, adapter): see below
+    _rows: torch.Tensor | None = field(default=None, compare=False, repr=False)  # row_adapters
+    _adapters: list | None = field(default=None, compare=False, repr=False)  # adapters()
 
     @classmethod
     def per_sequence(cls, adapters: list[LoraAdapter | None], query_lens: list[int]
@@ -90,21 +117,67 @@ class LoraSegments:
                        for k, rows in users.items())
         return cls((), groups)
 
-    def add_delta(self, y: torch.Tensor, x: torch.Tensor, layer: int, module: str) -> torch.Tensor:
-        """y: (T, out) base output; x: (T, in) its input. Adds each span's low-rank delta."""
+    def add_delta(self, y: torch.Tensor, x: torch.Tensor, layer: int,
+                  modules: tuple[str, ...], outs: tuple[int, ...] | None = None) -> torch.Tensor:
+        """y: (T, sum outs) base output of `modules` (one module, or those of one fused matmul
+        with output widths `outs`); x: (T, in) its input. Adds each row's adapter's low-rank
+        delta in place, for all the modules at once (LoraAdapter.joint): on a CPU in float32,
+        one native op for the whole batch (kernels/lora_ops.cpp); else a pair of small matmuls
+        per span or adapter group."""
+        outs = outs or (y.shape[1],)
+        ops = _native(y, x)
+        if ops is not None:
+            adapters = self.adapters()
+            pairs = [a.joint(layer, modules, outs) for a in adapters]
+            if any(p is not None for p in pairs):
+                if None in pairs:  # an adapter without these modules: rank 0
+                    none = (x.new_empty(0, x.shape[1]), y.new_empty(0, y.shape[1]))
+                    pairs = [p or none for p in pairs]
+                ops.lora_delta_(y, x, [p[0] for p in pairs], [p[1] for p in pairs],
+                                self.row_adapters(y.shape[0]))
+            return y
         for start, end, adapter in self.spans:
-            pair = adapter.pair(layer, module) if adapter is not None else None
-            if pair is None:
-                continue
-            a, b = pair
-            y[start:end] += adapter.scaling * ((x[start:end] @ a.T) @ b.T)
-        for rows, adapter in self.groups:
-            pair = adapter.pair(layer, module)
+            pair = adapter.joint(layer, modules, outs) if adapter is not None else None
             if pair is not None:
-                a, b = pair
+                a, bt = pair
+                y[start:end] += (x[start:end] @ a.T) @ bt
+        for rows, adapter in self.groups:
+            pair = adapter.joint(layer, modules, outs)
+            if pair is not None:
+                a, bt = pair
                 rows = rows.to(y.device)
-                y.index_add_(0, rows, adapter.scaling * ((x[rows] @ a.T) @ b.T))
+                y.index_add_(0, rows, (x[rows] @ a.T) @ bt)
         return y
+
+    def adapters(self) -> list[LoraAdapter]:
+        """The distinct adapters of the batch, in order of first use."""
+        if self._adapters is None:
+            seen = {id(a): a for _, _, a in self.spans if a is not None}
+            seen.update((id(a), a) for _, a in self.groups)
+            object.__setattr__(self, "_adapters", list(seen.values()))
+        return self._adapters
+
+    def row_adapters(self, n_rows: int) -> torch.Tensor:
+        """(n_rows,) int64: each row's index in adapters(), -1 for the base weights alone."""
+        if self._rows is None or self._rows.numel() != n_rows:
+            pos = {id(a): k for k, a in enumerate(self.adapters())}
+            rows = torch.full((n_rows,), -1, dtype=torch.long)
+            for start, end, a in self.spans:
+                if a is not None:
+                    rows[start:end] = pos[id(a)]
+            for r, a in self.groups:
+                rows[r] = pos[id(a)]
+            object.__setattr__(self, "_rows", rows)
+        return self._rows
+
+
+def _native(y: torch.Tensor, x: torch.Tensor):
+    """The native ops where the LoRA kernel applies (float32, contiguous, CPU), else None."""
+    if y.device.type != "cpu" or y.dtype != torch.float32 or x.dtype != torch.float32 or \
+            y.dim() != 2 or not (y.is_contiguous() and x.is_contiguous()):
+        return None
+    from blockllm.kernels import native
+    return native()
 
 
 def merge_into(decoder: dict[str, torch.Tensor], adapter: LoraAdapter) -> dict[str, torch.Tensor]:
