@@ -69,6 +69,43 @@ def test_a_nucleus_from_a_partial_top_n_equals_the_full_sort():
     assert max(pick(flat.clone(), plain + [topk])[:40]) > 256
 
 
+def test_ties_at_the_cut_stay_and_a_seeded_draw_does_not_depend_on_its_batch():
+    """Top-k and top-p keep by value: every token as likely as the k-th (or as the nucleus's
+    last) stays, whatever order a sort gives ties, so a seeded row draws the same tokens alone
+    and beside a row whose wider top-k makes the whole batch read a wider top-n. bf16 logits
+    tie often."""
+    logits = (torch.randn(1, 50000, generator=torch.Generator().manual_seed(0)) * 2).to(
+        torch.bfloat16).float()
+    probs = torch.softmax(logits[0], -1)
+    v = probs.sort(descending=True).values
+    k = next(k for k in range(5, 200) if v[k - 1] == v[k])  # a tie across the k-th place
+    ties = int((probs == v[k - 1]).sum())
+    top_k = SamplingParams(temperature=1.0, top_k=k, seed=3)
+    cut = float(v[: k - 1].sum() / v.sum()) + 1e-7  # a nucleus whose last token is tied
+    top_p = SamplingParams(temperature=1.0, top_p=cut, seed=4)
+    wide = Pick(SamplingParams(temperature=1.0, top_k=3000, seed=5))
+    kept = set()
+    for step in range(200):
+        for params in (top_k, top_p):
+            alone = pick(logits.clone(), [Pick(params, step)])[0]
+            assert pick(logits.expand(2, -1).clone(), [wide, Pick(params, step)])[1] == alone
+            assert probs[alone] >= v[k - 1]
+            kept.add(alone)
+    assert len({i for i in kept if probs[i] == v[k - 1]}) == ties > 1, "every tie can be drawn"
+
+
+def test_top_k_past_the_vocabulary_keeps_all_and_a_tiny_temperature_is_argmax():
+    flat = torch.zeros(1, 1000)
+    for step in range(30):
+        seeded = [Pick(SamplingParams(temperature=1.0, top_k=k, seed=2), step)
+                  for k in (0, 1000, 1001)]
+        assert len({pick(flat.clone(), [p])[0] for p in seeded}) == 1
+    logits = torch.randn(1, 1000, generator=torch.Generator().manual_seed(0)) * 3
+    for t in (1e-6, 1e-39, 1e-46):
+        assert pick(logits.clone(), [Pick(SamplingParams(temperature=t, top_k=5))]) == \
+            [int(logits.argmax())]
+
+
 def test_seeded_draws_are_a_function_of_seed_and_step_alone():
     """A seeded row's token depends on (seed, step, its logits): not on the batch it is in,
     its position there or the global generator; other steps and seeds draw differently."""

@@ -52,7 +52,9 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0 or self.top_k == 1
+        """Argmax: temperature below 1e-5 (vLLM's cut: logits / t overflow float32 as t goes
+        to 0) or top_k 1."""
+        return self.temperature < 1e-5 or self.top_k == 1
 
     @property
     def processed(self) -> bool:
@@ -124,51 +126,56 @@ def _shape(row: torch.Tensor, p: Pick) -> None:
 def _draw(logits: torch.Tensor, picks: list[Pick]) -> torch.Tensor:
     """One token per row of (S, vocab) logits, drawn at each row's temperature within its top-k
     and top-p by inverting the row's CDF at its uniform draw (`_uniform`). Top-k and top-p
-    work on a partial top-n of each row, n = max(k, 256), then 4096 for the rows whose nucleus
-    reaches past those, and sort a whole row only where it reaches past 4096 (here a sort of
-    49k costs 1.9 ms a row, a top-4096 0.3 ms, a top-256 0.1 ms)."""
+    work on a partial top-n of each row, n = max(k, 256), then 4096 for the rows whose kept
+    set may reach past those, and sort a whole row only where it may reach past 4096 (here a
+    sort of 49k costs 1.9 ms a row, a top-4096 0.3 ms, a top-256 0.1 ms)."""
     dev, vocab = logits.device, logits.shape[1]
     temps = torch.tensor([p.params.temperature for p in picks], device=dev)
     probs = torch.softmax(logits.float() / temps[:, None], -1)
     u = torch.tensor([_uniform(p) for p in picks], dtype=torch.float64, device=dev)
-    ks = [p.params.top_k or vocab for p in picks]
+    ks = [min(p.params.top_k or vocab, vocab) for p in picks]  # top_k >= vocab keeps all
     ps = [p.params.top_p for p in picks]
     out = torch.empty(len(picks), dtype=torch.long, device=dev)
     plain = [r for r, (k, p) in enumerate(zip(ks, ps, strict=True)) if k == vocab and p == 1.0]
     if plain:  # the whole distribution: no sort, no top-n
         out[plain] = _invert(probs[plain], u[plain])
     rows = [r for r in range(len(picks)) if r not in set(plain)]
-    if not rows:
-        return out
-    wide = [k == vocab for k in ks]  # (of the rest) top-p alone: how many it needs is unknown
-    least = max([k for k in ks if k < vocab] + [256 if any(wide[r] for r in rows) else 1])
-    tiers = sorted({min(vocab, max(least, n)) for n in (256, 4096, vocab)})
-    for n in tiers:
-        v, i = probs[rows].topk(n, -1) if n < vocab else probs[rows].sort(-1, descending=True)
-        mass = v.sum(-1).tolist() if n < vocab else [1.0] * len(rows)
-        fit = [j for j, r in enumerate(rows) if not wide[r] or mass[j] >= ps[r]]
-        done = [rows[j] for j in fit]
-        if done:
-            kept = _top_k_top_p(v[fit], [ks[r] for r in done], [ps[r] for r in done], vocab)
-            out[done] = _invert_kept(kept, i[fit], u[done], vocab)
-        rows = [r for r in rows if r not in set(done)]
+    nucleus_only = any(ks[r] == vocab for r in rows)  # how many a nucleus needs is unknown
+    least = max([ks[r] for r in rows if ks[r] < vocab] + [256 if nucleus_only else 1])
+    for n in sorted({min(vocab, max(least, n)) for n in (256, 4096, vocab)}):
         if not rows:
             break
+        v, i = probs[rows].topk(n, -1) if n < vocab else probs[rows].sort(-1, descending=True)
+        kept, fits = _top_k_top_p(v, [ks[r] for r in rows], [ps[r] for r in rows], vocab)
+        fit = [j for j, f in enumerate(fits.tolist()) if f or n == vocab]
+        done = [rows[j] for j in fit]
+        if done:
+            out[done] = _invert_kept(kept[fit], i[fit], u[done], vocab)
+        rows = [r for r in rows if r not in set(done)]
     return out
 
 
 def _top_k_top_p(vals: torch.Tensor, ks: list[int], ps: list[float], vocab: int
-                 ) -> torch.Tensor:
-    """Rows of a distribution's most likely probs (best first; all of it or a top-n) with 0
-    outside each row's top k and then its nucleus: the smallest set whose mass, renormalised
-    over the top k (over the whole vocabulary without one, whatever part `vals` holds),
-    reaches top_p; the most likely token always stays."""
-    dev = vals.device
-    k = torch.tensor(ks, device=dev)[:, None]
-    vals = vals * (torch.arange(vals.shape[1], device=dev)[None] < k)
-    cum = vals.cumsum(-1)
-    total = torch.where(k < vocab, cum[:, -1:], 1.0)
-    return vals * ((cum - vals) < torch.tensor(ps, device=dev)[:, None] * total)
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of a distribution's most likely probs (best first: all of it or a top-n) with 0
+    outside each row's kept set, and whether that set lies within `vals` for sure. Kept: the
+    top k (every token as likely as the k-th: ties stay, as vLLM's mask by value), then the
+    nucleus, the smallest such set whose mass, renormalised over the top k (over the whole
+    vocabulary without one), reaches top_p, with every token as likely as its last. Kept by
+    value, not position: the same set whatever order a sort gives tied tokens, so a seeded
+    draw does not depend on the batch (whose widest top-k sets the width of `vals`)."""
+    dev, n = vals.device, vals.shape[1]
+    k = torch.tensor(ks, device=dev)
+    has_k = (k < vocab)[:, None]
+    kth = vals.gather(1, (k.clamp(max=n) - 1)[:, None])
+    kv = vals * (~has_k | (vals >= kth))
+    cum = kv.cumsum(-1)
+    total = torch.where(has_k, cum[:, -1:], 1.0)
+    reach = (cum - kv) < torch.tensor(ps, device=dev)[:, None] * total  # a prefix, >= 1
+    last = vals.gather(1, (reach.sum(-1, keepdim=True) - 1))  # the least likely kept
+    # within `vals` for sure only if the first token left out is less likely than the last
+    # kept (else the set may go on past it: a tie, or a nucleus that needs more tokens)
+    return kv * (vals >= last), (vals[:, -1:] < last)[:, 0]
 
 
 def _invert_kept(kept: torch.Tensor, ids: torch.Tensor, u: torch.Tensor, vocab: int
