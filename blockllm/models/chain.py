@@ -172,9 +172,7 @@ class ChainModel:
         nxt = {}
 
         def picks(rows: list[int]) -> list[Pick]:  # as the engine picks (Request.pick)
-            hist = params.processed
-            return [Pick(params, len(outs[b]), (), tuple(prompts[b]) if hist else (),
-                         tuple(outs[b]) if hist else ()) for b in rows]
+            return [Pick.of(params, prompts[b], outs[b]) for b in rows]
         for b in live:  # prefill one prompt at a time: no padding waste
             nxt[b] = _token(pick(self.step([b], [prompts[b]]), picks([b]))[0])
         while live and max_new_tokens > 0:

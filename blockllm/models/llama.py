@@ -18,10 +18,10 @@ from blockllm.models.attention import AttnBatch, paged_attention
 from blockllm.models.config import LlamaConfig
 from blockllm.models.kv_cache import KVPool
 from blockllm.models.lora import LoraSegments
-
-QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
-GATE_UP = ("mlp.gate_proj", "mlp.up_proj")
 from blockllm.models.rope import apply_rope, inv_frequencies
+
+QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")  # one fused matmul
+GATE_UP = ("mlp.gate_proj", "mlp.up_proj")  # another
 
 
 class RMSNorm(nn.Module):

@@ -71,6 +71,15 @@ class Pick(NamedTuple):
     prompt: tuple[int, ...] = ()  # prompt and output so far, where a penalty needs them
     output: tuple[int, ...] = ()
 
+    @classmethod
+    def of(cls, params: SamplingParams, prompt: list[int], output: list[int],
+           banned: tuple[int, ...] = ()) -> Pick:
+        """The next token's Pick of a sequence (the engine's Request and the reference chain
+        build it here alike): its tokens travel only where a penalty reads them."""
+        if not params.processed:
+            return cls(params, len(output), banned)
+        return cls(params, len(output), banned, tuple(prompt), tuple(output))
+
 
 GREEDY = Pick(SamplingParams())
 
@@ -139,7 +148,7 @@ def _draw(logits: torch.Tensor, picks: list[Pick]) -> torch.Tensor:
     plain = [r for r, (k, p) in enumerate(zip(ks, ps, strict=True)) if k == vocab and p == 1.0]
     if plain:  # the whole distribution: no sort, no top-n
         out[plain] = _invert(probs[plain], u[plain])
-    rows = [r for r in range(len(picks)) if r not in set(plain)]
+    rows = [r for r, (k, p) in enumerate(zip(ks, ps, strict=True)) if k < vocab or p < 1.0]
     nucleus_only = any(ks[r] == vocab for r in rows)  # how many a nucleus needs is unknown
     least = max([ks[r] for r in rows if ks[r] < vocab] + [256 if nucleus_only else 1])
     for n in sorted({min(vocab, max(least, n)) for n in (256, 4096, vocab)}):
@@ -147,11 +156,12 @@ def _draw(logits: torch.Tensor, picks: list[Pick]) -> torch.Tensor:
             break
         v, i = probs[rows].topk(n, -1) if n < vocab else probs[rows].sort(-1, descending=True)
         kept, fits = _top_k_top_p(v, [ks[r] for r in rows], [ps[r] for r in rows], vocab)
-        fit = [j for j, f in enumerate(fits.tolist()) if f or n == vocab]
+        fits = [f or n == vocab for f in fits.tolist()]
+        fit = [j for j, f in enumerate(fits) if f]
         done = [rows[j] for j in fit]
         if done:
             out[done] = _invert_kept(kept[fit], i[fit], u[done], vocab)
-        rows = [r for r in rows if r not in set(done)]
+        rows = [r for r, f in zip(rows, fits, strict=True) if not f]
     return out
 
 

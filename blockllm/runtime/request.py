@@ -68,10 +68,7 @@ class Request:
         """How the head picks this request's next token: its params, the token's index (a
         seeded draw's), the stop ids before min_tokens, its tokens where a penalty reads them."""
         banned = tuple(sorted(self.stop_ids)) if len(self.output) < self.min_tokens else ()
-        if not self.params.processed:
-            return Pick(self.params, len(self.output), banned)
-        return Pick(self.params, len(self.output), banned, tuple(self.prompt),
-                    tuple(self.output))
+        return Pick.of(self.params, self.prompt, self.output, banned)
 
     @property
     def pass_end(self) -> int:
