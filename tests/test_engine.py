@@ -50,8 +50,12 @@ PAGE = 2 * 16 * 2 * 16 * 4  # bytes of one KV page of the tiny config (fp32)
     EngineConfig(prefill_chunk=2),  # prompts in chunks of 2 tokens, decodes batched first
     EngineConfig(prefill_chunk=2, kv_budget=12 * 3 * PAGE),  # chunks under preemption
     EngineConfig(prefill_chunk=2, kv_budget=12 * 3 * PAGE, coordinate_kv=False),
+    EngineConfig(cuda_graphs="uncaptured"),  # decode steps through the graphs' buffers
+    EngineConfig(cuda_graphs="uncaptured", kv_budget=12 * 3 * PAGE),  # and preemption
+    EngineConfig(cuda_graphs="off"),  # on a GPU: eager (the default captures)
 ], ids=["default", "no-sharing", "batch3", "tiny-kv", "tiny-kv-uncoordinated", "tiny-memory",
-        "per-model-baseline", "chunked-prefill", "chunked-tiny-kv", "chunked-uncoordinated"])
+        "per-model-baseline", "chunked-prefill", "chunked-tiny-kv", "chunked-uncoordinated",
+        "graphs-uncaptured", "graphs-tiny-kv", "graphs-off"])
 def test_engine_outputs_equal_the_reference_for_every_model(zoo4, cfg):
     zoo, ref = zoo4
     eng, reqs = _run_all(zoo, cfg)
@@ -69,6 +73,11 @@ def test_engine_outputs_equal_the_reference_for_every_model(zoo4, cfg):
         assert all(m.used <= cfg.memory_budget for m in eng.weights.memory)
     for t in eng.sched.kv.tables.values():
         assert t.free_pages == t.num_pages, "every page is returned"
+    graph_steps = sum(w.graphs.steps for h in eng.hosts for w in h.workers.values()
+                      if w.graphs is not None)
+    graphs_on = cfg.cuda_graphs == "uncaptured" or cfg.cuda_graphs == "auto" and \
+        eng.hosts[0].device.type == "cuda"
+    assert (graph_steps > 0) == graphs_on, "decode steps ran through the graphs' path"
 
 
 def test_shared_blocks_batch_requests_of_several_models(zoo4):

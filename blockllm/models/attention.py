@@ -37,6 +37,11 @@ class AttnBatch:
     decodes: tuple[int, ...]  # the sequences with one new token, in order
     decode_rows: torch.Tensor | None  # (len(decodes),) their token rows; None: every row
     decode_lens: torch.Tensor  # (len(decodes),) long: their context lengths
+    static_width: int | None = None  # a CUDA graph's step (runtime/graphs.py): every decode
+    #   reads this many tokens of KV (its page tables' width), masked past its length, so no
+    #   shape depends on the lengths; context_lens are then not read
+    write_rows: torch.Tensor | None = None  # (T,) the row whose K/V each row writes: a
+    #   graph's padding rows rewrite a real row's K/V into its slot (None: each its own)
     _cache: dict = field(default_factory=dict, repr=False)  # per-step caches: (rope key, dtype)
     #                                                      -> (cos, sin); masks by dtype
 
@@ -66,12 +71,14 @@ class AttnBatch:
         SDPA gets a float bias rather than a boolean mask: on an H100 a boolean mask sent
         PyTorch 2.11 to a backend that builds a plan for every new shape (50 ms per call,
         measured), and shapes change every step; a float bias costs 27-40 us per call."""
-        lens = [self.context_lens[b] for b in self.decodes]
-        if min(lens) == max(lens):
-            return None
+        if self.static_width is None:
+            lens = [self.context_lens[b] for b in self.decodes]
+            if min(lens) == max(lens):
+                return None
         key = ("decode", dtype)
         if key not in self._cache:
-            k_idx = torch.arange(max(lens), device=self.decode_lens.device)
+            width = self.static_width or max(self.context_lens[b] for b in self.decodes)
+            k_idx = torch.arange(width, device=self.decode_lens.device)
             past = k_idx[None, :] >= self.decode_lens[:, None]
             bias = torch.zeros(past.shape, dtype=dtype, device=past.device)
             self._cache[key] = bias.masked_fill(past, float("-inf"))[:, None, None]
@@ -99,7 +106,8 @@ class AttnBatch:
             return None if t is None else t.to(dev, non_blocking=dev.type == "cuda")
         return AttnBatch(move(self.positions), move(self.slots), self.query_lens,
                          self.context_lens, move(self.page_tables), self.decodes,
-                         move(self.decode_rows), move(self.decode_lens))
+                         move(self.decode_rows), move(self.decode_lens), self.static_width,
+                         move(self.write_rows))
 
     @classmethod
     def build(cls, table: PageTable, seq_ids: list[int], query_lens: list[int],
@@ -156,6 +164,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pool: KVP
 
     Writes the new K/V into the pool, then attends over each sequence's whole context (see
     the module doc for how decodes and prompt chunks are told apart)."""
+    if batch.write_rows is not None:
+        k, v = k[batch.write_rows], v[batch.write_rows]
     pool.write(layer, k, v, batch.slots)
     if not batch.decodes or batch.decode_rows is not None:
         out = torch.empty_like(q)
@@ -174,7 +184,7 @@ def _decode(q: torch.Tensor, pool: KVPool, layer: int, batch: AttnBatch) -> torc
     """(Bd, H, D) queries of the step's decodes, one per sequence, over their contexts."""
     tables = batch.page_tables if len(batch.decodes) == len(batch.query_lens) else \
         batch.page_tables[list(batch.decodes)]
-    kernel = paged_decode() if q.device.type == "cpu" else None
+    kernel = paged_decode() if q.device.type == "cpu" and batch.static_width is None else None
     if kernel is not None:
         k_cache, v_cache = pool.pages(layer)
         return kernel(q, k_cache, v_cache, tables, batch.decode_lens, q.shape[-1] ** -0.5)
@@ -185,8 +195,8 @@ def paged_decode_reference(q: torch.Tensor, pool: KVPool, layer: int, tables: to
                            batch: AttnBatch) -> torch.Tensor:
     """The torch path of `_decode`: gather the pages into dense (Bd, L, H_kv, D) K/V, then one
     SDPA, masked past each sequence's length (also the native kernel's test reference)."""
-    lens = [batch.context_lens[b] for b in batch.decodes]
-    kk, vv = pool.gather(layer, tables, max(lens))
+    width = batch.static_width or max(batch.context_lens[b] for b in batch.decodes)
+    kk, vv = pool.gather(layer, tables, width)
     out = F.scaled_dot_product_attention(
         q[:, None].transpose(1, 2), kk.transpose(1, 2), vv.transpose(1, 2),
         attn_mask=batch.decode_bias(q.dtype), enable_gqa=True)  # (Bd, H, 1, D)

@@ -30,6 +30,10 @@ class EngineConfig:
     #                            decode step at batch 8 129 -> 61 ms; at 2 req/s TPOT p50
     #                            268 -> 98 ms (MKL's matmuls reach ~10 GB/s here). False: the
     #                            plain layout, as the reference path (models.chain) keeps it
+    cuda_graphs: str = "auto"  # auto: on a GPU, decoder segments' decode steps replay CUDA
+    #                          graphs by batch bucket (runtime/graphs.py); off: eager;
+    #                          uncaptured: the graphs' static buffers without capture (the
+    #                          path tested on a CPU)
     batch_tokens: int | None = None  # fixed tokens per block call (ablation); None: profiled
     latency_target_s: float | None = None  # per-call latency target for the profiled limit;
     #                                        None picks the knee of the throughput curve
@@ -70,6 +74,8 @@ class EngineConfig:
             raise ValueError("prefill_chunk must be >= 1")
         if self.batch_tokens is not None and self.batch_tokens < 1:
             raise ValueError("batch_tokens must be >= 1")
+        if self.cuda_graphs not in ("auto", "off", "uncaptured"):
+            raise ValueError("cuda_graphs is auto, off or uncaptured")
         if self.residency_unit not in ("block", "model"):
             raise ValueError("residency_unit is block or model")
         if self.speculate_ahead < 0:

@@ -54,9 +54,11 @@ def make_hosts(zoo, cfg: EngineConfig) -> list:
     names = device_names(cfg)
     if cfg.backend == "ray":
         from blockllm.runtime.ray_hosts import ray_hosts
-        return ray_hosts(str(zoo.root), names, cfg.dtype, cfg.ray_address, cfg.pack_weights)
+        return ray_hosts(str(zoo.root), names, cfg.dtype, cfg.ray_address, cfg.pack_weights,
+                         cfg.cuda_graphs)
     from blockllm.runtime.hosts import LocalHost
-    return [LocalHost(zoo, name, cfg.dtype, i, cfg.pack_weights) for i, name in enumerate(names)]
+    return [LocalHost(zoo, name, cfg.dtype, i, cfg.pack_weights, cfg.cuda_graphs)
+            for i, name in enumerate(names)]
 
 
 def topology(hosts: list, cfg: EngineConfig) -> Cluster:

@@ -50,10 +50,11 @@ class LocalHost:
     """One device's blocks, in this process."""
 
     def __init__(self, zoo: Zoo | str, device: str, dtype: str, index: int = 0,
-                 pack: bool = False):
+                 pack: bool = False, graphs: str = "off"):
         self.zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
         self.index, self.device, self.dtype = index, torch.device(device), getattr(torch, dtype)
         self.pack = pack  # decoder weights in oneDNN's layout (CPU: EngineConfig.pack_weights)
+        self.graphs = graphs  # decode steps as CUDA graphs (EngineConfig.cuda_graphs)
         self.server = "local"  # the machine: every local host shares this process's links
         self.workers: dict[BlockKey, BlockWorker] = {}
         self.pools: dict[BlockKey, object] = {}  # decoder key -> KVPool (kept across reloads)
@@ -94,7 +95,8 @@ class LocalHost:
 
     def _build(self, key: BlockKey, block, args: tuple) -> None:
         cfg, kv_pages, page_size = args
-        self.workers[key] = BlockWorker(cfg, block, self.device, self.dtype, self.pack)
+        self.workers[key] = BlockWorker(cfg, block, self.device, self.dtype, self.pack,
+                                        self.graphs)
         if block.kind == "decoder" and key not in self.pools:
             self.pools[key] = new_pool(cfg, block.signature["n_layers"], kv_pages, page_size,
                                        self.dtype, self.device)

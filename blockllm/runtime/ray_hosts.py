@@ -27,11 +27,11 @@ class _DeviceActor:
     """Runs in the actor's process: a LocalHost on the actor's device."""
 
     def __init__(self, zoo_root: str, device: str, dtype: str, index: int, threads: int,
-                 pack: bool = False):
+                 pack: bool = False, graphs: str = "off"):
         import torch
         if threads:
             torch.set_num_threads(threads)
-        self.host = LocalHost(zoo_root, device, dtype, index, pack)
+        self.host = LocalHost(zoo_root, device, dtype, index, pack, graphs)
 
     def load(self, key, parts, cfg, kv_pages, page_size, wait):
         self.host.load(key, parts, cfg, kv_pages, page_size, wait)
@@ -154,9 +154,10 @@ class RayHost:
 
 
 def ray_hosts(zoo_root: str, devices: list[str], dtype: str, address: str | None = None,
-              pack: bool = False) -> list[RayHost]:
+              pack: bool = False, graphs: str = "off") -> list[RayHost]:
     """One actor per device, on this machine's Ray (started if needed) or at `address`;
-    `pack`: matmul weights in oneDNN's layout on CPU actors (EngineConfig.pack_weights)."""
+    `pack`: matmul weights in oneDNN's layout on CPU actors (EngineConfig.pack_weights);
+    `graphs`: EngineConfig.cuda_graphs."""
     try:
         import ray
     except ImportError as e:
@@ -171,7 +172,8 @@ def ray_hosts(zoo_root: str, devices: list[str], dtype: str, address: str | None
         # a GPU actor sees only its own GPU (Ray sets CUDA_VISIBLE_DEVICES): it is cuda there
         actor_cls = ray.remote(num_cpus=0, num_gpus=1 if gpu else 0)(_DeviceActor)
         threads = 0 if gpu else max(1, cpus // len(devices))
-        actor = actor_cls.remote(zoo_root, "cuda" if gpu else dev, dtype, i, threads, pack)
+        actor = actor_cls.remote(zoo_root, "cuda" if gpu else dev, dtype, i, threads, pack,
+                                  graphs)
         hosts.append(RayHost(actor, i))
     for h, node in zip(hosts, ray.get([h.actor.node.remote() for h in hosts]), strict=True):
         h.server = node  # started (or raise now), and where

@@ -19,12 +19,14 @@ from blockllm.models.kv_cache import KVLayout, KVPool, PageTable
 from blockllm.models.lora import LoraAdapter, LoraSegments
 from blockllm.models.logprobs import logprobs_of
 from blockllm.models.sampling import GREEDY, Pick, pick
+from blockllm.runtime.graphs import DecodeGraphs
 from blockllm.zoo.partition import Block
 
 
 class BlockWorker:
     def __init__(self, cfg: LlamaConfig, block: Block, device: torch.device, dtype: torch.dtype,
-                 pack: bool = False):
+                 pack: bool = False, graphs: str = "off"):
+        """`graphs`: EngineConfig.cuda_graphs (auto: capture on a GPU; off; uncaptured)."""
         self.cfg, self.kind, self.device = cfg, block.kind, device
         if device.type == "cuda":
             # cuDNN attention builds a plan per new shape (~50 ms on an H100, measured), and a
@@ -35,6 +37,10 @@ class BlockWorker:
                                   tied_embedding=torch.empty(0), pack=pack)
         self.nbytes = block.nbytes
         self.dtype = dtype
+        self.graphs: DecodeGraphs | None = None  # decoder blocks: decode steps by bucket
+        if block.kind == "decoder" and (graphs == "uncaptured" or
+                                        graphs == "auto" and device.type == "cuda"):
+            self.graphs = DecodeGraphs(self.module, device, capture=graphs == "auto")
 
     @torch.inference_mode()
     def run(self, inputs: list[torch.Tensor], pool: KVPool | None = None,
@@ -67,7 +73,10 @@ class BlockWorker:
             y = self.module(x)
         else:
             lora = LoraSegments.per_sequence(adapters, lens) if adapters else None
-            y = self.module(x, pool, attn, lora)
+            if self.graphs is not None and self.graphs.fits(attn, lora):
+                y = self.graphs.run(x, pool, attn)
+            else:
+                y = self.module(x, pool, attn, lora)
         return list(y.split(lens))
 
     def _prompt_logprobs(self, rows: torch.Tensor, targets: tuple[int, ...], k: int) -> tuple:

@@ -1,0 +1,206 @@
+"""Batch-1 decode against the memory-bandwidth roofline, and GPU utilization at saturation
+(issue 15's GPU checks), with CUDA graphs on and off:
+
+    python -m experiments.gpu_decode --out results/gpu          # on the lent H100/H200
+
+Dummy weights of a real shape (default Llama-2-7B, float16; no download), one model in a zoo
+on /dev/shm, the serving engine in this process (the GPU image lacks the server's packages):
+- roofline: bytes of weights one token reads (every block but the embedding table, of which
+  one row) / this device's measured read bandwidth (a sum over 2 GiB);
+- batch 1: TPOT of one request (a 32-token prompt, --new-tokens greedy tokens), per mode;
+- transformers generate() on the same weights, the correctness reference as a speed peer;
+- saturation: --saturate requests at once; tokens/s, TPOT p50 and NVML utilization (mean
+  of samples every 0.1 s while they run).
+vLLM is not on the GPU image: this run has no vLLM row (benchmarks/serving.py has it on CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import click
+import torch
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def read_bandwidth(device: str, gib: float = 2.0, reps: int = 20) -> dict[str, float]:
+    """Bytes per second moved over `gib` GiB, median of `reps`: `sum` reads it once; `copy`
+    reads and writes it (both counted). The roofline takes the higher: the stricter bound."""
+    x = torch.ones(int(gib * (1 << 30)) // 2, dtype=torch.float16, device=device)
+    y = torch.empty_like(x)
+    nbytes = x.numel() * x.element_size()
+    out = {}
+    for name, fn, moved in (("sum", x.sum, nbytes), ("copy", lambda: y.copy_(x), 2 * nbytes)):
+        times = []
+        for i in range(reps + 3):
+            _sync(device)
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            if i >= 3:
+                times.append(time.perf_counter() - t)
+        out[name] = moved / statistics.median(times)
+    del x, y
+    return out
+
+
+def _zoo(path: Path, preset: str, dtype: torch.dtype, device: str):
+    """A zoo of one dummy model "m" (weights drawn on `device`, fast on a GPU), and its
+    source (tensors on `device`)."""
+    from blockllm.loaders.dummy import load_dummy
+    from blockllm.zoo.ingest import add_source
+    from blockllm.zoo.store import Zoo
+    src = load_dummy(preset, 0, dtype, device)
+    zoo = Zoo(path)
+    if "m" not in zoo.models():
+        add_source(zoo, dataclasses.replace(src, tensors={k: v.cpu() for k, v in
+                                                          src.tensors.items()}), "m")
+    return zoo, src
+
+
+def _read_bytes(src) -> int:
+    """Bytes of weights one decoded token reads: all but the embedding table (one row of it;
+    a tied model's table is read whole as its head)."""
+    total = sum(t.numel() * t.element_size() for t in src.tensors.values())
+    if src.config.tie_word_embeddings:
+        return total
+    emb = src.tensors["model.embed_tokens.weight"]
+    return total - emb.numel() * emb.element_size() + emb[0].numel() * emb.element_size()
+
+
+def _run(eng, prompts: list[list[int]], n: int) -> list:
+    reqs = [eng.submit("m", p, max_tokens=n, stop_ids=frozenset()) for p in prompts]
+    while eng.has_work():
+        eng.step()
+    return reqs
+
+
+def _tpots(req) -> list[float]:
+    t = req.token_times
+    return [b - a for a, b in zip(t, t[1:])]
+
+
+def _graphs(eng) -> list:
+    return [w.graphs for h in eng.hosts for w in h.workers.values() if w.graphs is not None]
+
+
+def engine_row(eng, mode: str, n: int, saturate: int, reps: int = 3) -> dict:
+    """Batch-1 TPOT and a saturation run on `eng` (built with cuda_graphs=`mode`)."""
+    from experiments.harness import Sampler
+    prompt = list(range(3, 35))
+    _run(eng, [prompt], n)  # unmeasured: captures the batch-1 graphs, warms the allocator
+    calls0, one = eng.counters["block_calls"], []
+    for _ in range(reps):
+        one += _tpots(_run(eng, [prompt], n)[0])
+    calls = (eng.counters["block_calls"] - calls0) / (reps * n)
+    prompts = [[3 + (i * 7 + j) % 1000 for j in range(64)] for i in range(saturate)]
+    _run(eng, prompts, n)  # unmeasured: the saturation run's buckets
+    sampler = Sampler(os.getpid())
+    sampler.start()
+    t0 = time.perf_counter()
+    reqs = _run(eng, prompts, n)
+    wall = time.perf_counter() - t0
+    util = [s["util"] for s in sampler.stop() if s.get("util") is not None]
+    return {
+        "cuda_graphs": mode,
+        "batch1_tpot_ms_p50": 1e3 * statistics.median(one),
+        "batch1_tpot_ms_mean": 1e3 * statistics.fmean(one),
+        "batch1_block_calls_per_token": calls,
+        "saturation": {"requests": saturate, "new_tokens": n, "wall_s": wall,
+                       "tokens_per_s": saturate * n / wall,
+                       "tpot_ms_p50": 1e3 * statistics.median(
+                           [x for r in reqs for x in _tpots(r)]),
+                       "gpu_util_mean": statistics.fmean(util) if util else None,
+                       "util_samples": len(util), "sampler": sampler.kind},
+        "graph_captures": sum(g.captures for g in _graphs(eng)),
+        "graph_replays": sum(g.replays for g in _graphs(eng)),
+    }
+
+
+def hf_tpot_ms(src, dtype: torch.dtype, device: str, n: int) -> float:
+    """transformers generate() at batch 1: (time of n tokens - time of 1) / (n - 1)."""
+    from baselines.hf_reference import hf_model
+    model = hf_model(src, dtype, device)
+    ids = torch.tensor([list(range(3, 35))], device=device)
+
+    def timed(k: int) -> float:
+        _sync(device)
+        t = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(ids, max_new_tokens=k, min_new_tokens=k, do_sample=False)
+        _sync(device)
+        return time.perf_counter() - t
+    timed(2)
+    ms = 1e3 * (statistics.median(timed(n) for _ in range(3)) - timed(1)) / (n - 1)
+    del model
+    return ms
+
+
+@click.command()
+@click.option("--out", default="results/gpu", type=click.Path(file_okay=False))
+@click.option("--preset", default="llama-2-7b", show_default=True)
+@click.option("--dtype", default="float16", show_default=True)
+@click.option("--device", default="cuda", help="cuda (the check); cpu only to smoke-test it.")
+@click.option("--zoo", "zoo_dir", default="/dev/shm/blockllm-decode-zoo", type=click.Path())
+@click.option("--new-tokens", default=128, show_default=True)
+@click.option("--saturate", default=64, show_default=True, help="Requests at once.")
+@click.option("--modes", default="auto,off", show_default=True,
+              help="cuda_graphs settings to run (auto: captured on a GPU).")
+@click.option("--hf/--no-hf", default=True, help="Time transformers generate() too.")
+@click.option("--name", default="gpu_decode", show_default=True, help="Output file stem.")
+def main(out, preset, dtype, device, zoo_dir, new_tokens, saturate, modes, hf, name):
+    from blockllm.runtime.config import EngineConfig
+    from blockllm.runtime.engine import Engine
+    from blockllm.runtime.graphs import DecodeGraphs
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise click.UsageError("no CUDA device here: run this on a GPU machine")
+    dt = getattr(torch, dtype)
+    t0 = time.perf_counter()
+    bws = read_bandwidth(device)
+    bw = max(bws.values())
+    zoo, src = _zoo(Path(zoo_dir), preset, dt, device)
+    click.echo(f"zoo ready {time.perf_counter() - t0:.0f}s", err=True)
+    nbytes = _read_bytes(src)
+    report = {"device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
+              "torch": torch.__version__, "preset": preset, "dtype": dtype,
+              "bandwidth_GBps": {k: v / 1e9 for k, v in bws.items()}, "bytes_read_per_token": nbytes,
+              "roofline_tpot_ms": 1e3 * nbytes / bw, "engine": []}
+    cfg = EngineConfig(device=device, dtype=dtype, memory_budget=2 * nbytes + (1 << 30),
+                       kv_budget=8 << 30)
+    eng = Engine(zoo, ["m"], dataclasses.replace(cfg, cuda_graphs=modes.split(",")[0]))
+    eng.warm_up()
+    for i, mode in enumerate(modes.split(",")):
+        if i:  # the same weights and pools (one 13 GB load, not two), graphs swapped
+            for w in (w for h in eng.hosts for w in h.workers.values() if w.kind == "decoder"):
+                w.graphs = DecodeGraphs(w.module, w.device, True) if mode == "auto" and \
+                    device.startswith("cuda") else \
+                    DecodeGraphs(w.module, w.device, False) if mode == "uncaptured" else None
+        row = engine_row(eng, mode, new_tokens, saturate)
+        row["x_roofline"] = row["batch1_tpot_ms_p50"] / report["roofline_tpot_ms"]
+        report["engine"].append(row)
+        click.echo(json.dumps(row), err=True)
+    eng.close()
+    del eng
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    if hf:
+        report["transformers_tpot_ms"] = hf_tpot_ms(src, dt, device, new_tokens)
+        click.echo(f"transformers {report['transformers_tpot_ms']:.2f} ms", err=True)
+    report["wall_s"] = time.perf_counter() - t0
+    outd = Path(out)
+    outd.mkdir(parents=True, exist_ok=True)
+    (outd / f"{name}.json").write_text(json.dumps(report, indent=1))
+    click.echo(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
