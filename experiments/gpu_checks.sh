@@ -10,9 +10,11 @@ OUT=${OUT:-results/gpu}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv \
   > "$OUT/nvidia-smi.txt" 2>&1
+python3 -c "from blockllm.kernels import gpu_kernels; print('triton kernels:', gpu_kernels())" \
+  > "$OUT/gpu_tests.txt" 2>&1
 BLOCKLLM_NATIVE=0 BLOCKLLM_TEST_DEVICE=cuda timeout "${TEST_S:-240}" python3 -m pytest -q \
   -p no:cacheprovider tests/test_graphs.py tests/test_engine.py \
-  -k "graph or outputs_equal or buckets or fits" 2>&1 | tail -40 > "$OUT/gpu_tests.txt"
+  -k "graph or outputs_equal or buckets or fits" 2>&1 | tail -40 >> "$OUT/gpu_tests.txt"
 echo "tests rc=$?" >> "$OUT/gpu_tests.txt"
 cat "$OUT/gpu_tests.txt"
 PYTHONUNBUFFERED=1 timeout "${DECODE_S:-420}" python3 -m experiments.gpu_decode --out "$OUT" \

@@ -7,7 +7,8 @@ Dummy weights of a real shape (default Llama-2-7B, float16; no download), one mo
 on /dev/shm, the serving engine in this process (the GPU image lacks the server's packages):
 - roofline: bytes of weights one token reads (every block but the embedding table, of which
   one row) / this device's measured read bandwidth (a sum over 2 GiB);
-- batch 1: TPOT of one request (a 32-token prompt, --new-tokens greedy tokens), per mode;
+- batch 1: TPOT of one request (a 32-token prompt, --new-tokens greedy tokens), per mode:
+  decode steps as CUDA graphs or eager, with the Triton kernels or torch ops;
 - transformers generate() on the same weights, the correctness reference as a speed peer;
 - saturation: --saturate requests at once; tokens/s, TPOT p50 and NVML utilization (mean
   of samples every 0.1 s while they run).
@@ -111,7 +112,7 @@ def engine_row(eng, mode: str, n: int, saturate: int, reps: int = 3) -> dict:
     wall = time.perf_counter() - t0
     util = [s["util"] for s in sampler.stop() if s.get("util") is not None]
     return {
-        "cuda_graphs": mode,
+        "mode": mode,
         "batch1_tpot_ms_p50": 1e3 * statistics.median(one),
         "batch1_tpot_ms_mean": 1e3 * statistics.fmean(one),
         "batch1_block_calls_per_token": calls,
@@ -153,11 +154,13 @@ def hf_tpot_ms(src, dtype: torch.dtype, device: str, n: int) -> float:
 @click.option("--zoo", "zoo_dir", default="/dev/shm/blockllm-decode-zoo", type=click.Path())
 @click.option("--new-tokens", default=128, show_default=True)
 @click.option("--saturate", default=64, show_default=True, help="Requests at once.")
-@click.option("--modes", default="auto,off", show_default=True,
-              help="cuda_graphs settings to run (auto: captured on a GPU).")
+@click.option("--modes", default="graphs+triton,graphs+torch,eager+triton,eager+torch",
+              show_default=True, help="Decode steps as CUDA graphs (graphs), eager, or "
+              "uncaptured (a CPU smoke test); '+torch': BLOCKLLM_TRITON=0.")
 @click.option("--hf/--no-hf", default=True, help="Time transformers generate() too.")
 @click.option("--name", default="gpu_decode", show_default=True, help="Output file stem.")
 def main(out, preset, dtype, device, zoo_dir, new_tokens, saturate, modes, hf, name):
+    from blockllm.kernels import gpu_kernels
     from blockllm.runtime.config import EngineConfig
     from blockllm.runtime.engine import Engine
     from blockllm.runtime.graphs import DecodeGraphs
@@ -176,15 +179,18 @@ def main(out, preset, dtype, device, zoo_dir, new_tokens, saturate, modes, hf, n
               "roofline_tpot_ms": 1e3 * nbytes / bw, "engine": []}
     cfg = EngineConfig(device=device, dtype=dtype, memory_budget=2 * nbytes + (1 << 30),
                        kv_budget=8 << 30)
-    eng = Engine(zoo, ["m"], dataclasses.replace(cfg, cuda_graphs=modes.split(",")[0]))
+    eng = Engine(zoo, ["m"], cfg)
     eng.warm_up()
-    for i, mode in enumerate(modes.split(",")):
-        if i:  # the same weights and pools (one 13 GB load, not two), graphs swapped
-            for w in (w for h in eng.hosts for w in h.workers.values() if w.kind == "decoder"):
-                w.graphs = DecodeGraphs(w.module, w.device, True) if mode == "auto" and \
-                    device.startswith("cuda") else \
-                    DecodeGraphs(w.module, w.device, False) if mode == "uncaptured" else None
+    for mode in modes.split(","):
+        # the same weights and pools (one 13 GB load), kernels and graphs swapped
+        graphs, kernels = mode.split("+") if "+" in mode else (mode, "triton")
+        os.environ["BLOCKLLM_TRITON"] = "1" if kernels == "triton" else "0"
+        gpu_kernels.cache_clear()
+        for w in (w for h in eng.hosts for w in h.workers.values() if w.kind == "decoder"):
+            w.graphs = DecodeGraphs(w.module, w.device, graphs == "graphs") \
+                if graphs in ("graphs", "uncaptured") else None
         row = engine_row(eng, mode, new_tokens, saturate)
+        row["kernels"] = "triton" if gpu_kernels() is not None else "torch"
         row["x_roofline"] = row["batch1_tpot_ms_p50"] / report["roofline_tpot_ms"]
         report["engine"].append(row)
         click.echo(json.dumps(row), err=True)

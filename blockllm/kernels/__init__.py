@@ -106,3 +106,26 @@ def paged_decode() -> Callable | None:
     or None where the kernels are not available."""
     ops = native()
     return None if ops is None else ops.paged_decode
+
+
+@functools.cache
+def gpu_kernels():
+    """The Triton kernels (blockllm.kernels.triton_ops) for CUDA tensors, or None where Triton
+    is missing, switched off (BLOCKLLM_TRITON=0) or fails its start-up check on this GPU (each
+    kernel once on small inputs against the torch path): the torch path then runs."""
+    if os.environ.get("BLOCKLLM_TRITON", "1") == "0" or not torch.cuda.is_available():
+        return None
+    try:
+        import blockllm.kernels.triton_ops as mod
+        _check(mod, torch.device("cuda", torch.cuda.current_device()))
+    except Exception as e:  # noqa: BLE001 - no Triton, or it fails here: the torch path
+        log.warning("Triton kernels unavailable (%s); using the torch path",
+                    str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return None
+    return mod
+
+
+def _check(mod, dev: torch.device) -> None:
+    """Raise unless each kernel matches the torch path on small inputs on `dev`."""
+    from blockllm.kernels.check import check_kernels
+    check_kernels(mod, dev)

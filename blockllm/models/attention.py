@@ -5,10 +5,11 @@ are (T, hidden). Sequence b contributes `query_lens[b]` tokens, and after the st
 `context_lens[b]` tokens of KV. Built once per step and block, shared by the block's layers.
 
 Attention splits the step's sequences in two:
-* decodes (one new token each) run together through `blockllm.kernels.paged_decode`, which
-  reads each sequence's pages of the pool in place; where that kernel is not available (no
-  C++ compiler, BLOCKLLM_NATIVE=0, a GPU) their pages are gathered into dense tensors for one
-  SDPA call, masked past each sequence's length;
+* decodes (one new token each) run together through a kernel that reads each sequence's
+  pages of the pool in place (`blockllm.kernels.paged_decode` on a CPU, the Triton one on a
+  GPU); where none is available (no compiler or Triton, BLOCKLLM_NATIVE=0 or
+  BLOCKLLM_TRITON=0) their pages are gathered into dense tensors for one SDPA call, masked
+  past each sequence's length;
 * prompt chunks (several new tokens) run one sequence at a time through SDPA: a chunk with no
   earlier KV attends causally over its own new K/V; a later chunk gathers its own pages and
   attends with a bottom-right causal mask. Nothing is padded to the longest query.
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from blockllm.kernels import paged_decode
+from blockllm.kernels import gpu_kernels, paged_decode
 from blockllm.models.kv_cache import KVPool, OutOfPages, PageTable
 from blockllm.models.rope import cos_sin
 
@@ -184,11 +185,23 @@ def _decode(q: torch.Tensor, pool: KVPool, layer: int, batch: AttnBatch) -> torc
     """(Bd, H, D) queries of the step's decodes, one per sequence, over their contexts."""
     tables = batch.page_tables if len(batch.decodes) == len(batch.query_lens) else \
         batch.page_tables[list(batch.decodes)]
-    kernel = paged_decode() if q.device.type == "cpu" and batch.static_width is None else None
+    kernel = _decode_kernel(q, pool, batch)
     if kernel is not None:
         k_cache, v_cache = pool.pages(layer)
         return kernel(q, k_cache, v_cache, tables, batch.decode_lens, q.shape[-1] ** -0.5)
     return paged_decode_reference(q, pool, layer, tables, batch)
+
+
+def _decode_kernel(q: torch.Tensor, pool: KVPool, batch: AttnBatch):
+    """A kernel that reads the pool in place: Triton on a GPU (page sizes of a power of two;
+    it reads the lengths from their tensor, so a CUDA graph may replay it), the native one on
+    a CPU (not for a graph's static step: that runs the gather path, as a GPU without Triton
+    does); None: gather."""
+    if q.device.type == "cuda":
+        ps = pool.layout.page_size
+        mod = gpu_kernels() if ps & (ps - 1) == 0 else None
+        return None if mod is None else mod.paged_decode
+    return paged_decode() if q.device.type == "cpu" and batch.static_width is None else None
 
 
 def paged_decode_reference(q: torch.Tensor, pool: KVPool, layer: int, tables: torch.Tensor,

@@ -23,8 +23,6 @@ the path is tested on a CPU that way, and on a GPU with capture.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from blockllm.models.attention import AttnBatch
@@ -46,25 +44,27 @@ def pages_bucket(n: int) -> int:
     return b
 
 
-@dataclass
 class _Static:
-    """One bucket's input and output buffers, and its graph (None: run eagerly)."""
-    x: torch.Tensor  # (rows, hidden)
-    positions: torch.Tensor  # (rows,)
-    slots: torch.Tensor  # (rows,)
-    write_rows: torch.Tensor  # (rows,)
-    tables: torch.Tensor  # (rows, pages)
-    lens: torch.Tensor  # (rows,)
-    out: torch.Tensor | None = None
-    graph: object | None = None
+    """One bucket's input and output buffers, and its graph (None: run eagerly). The integer
+    inputs are views of one buffer, filled by one copy from the host per call."""
+
+    def __init__(self, rows: int, pages: int, hidden: int, dtype: torch.dtype,
+                 device: torch.device):
+        self.rows, self.pages = rows, pages
+        self.x = torch.zeros(rows, hidden, dtype=dtype, device=device)
+        self.meta = torch.zeros(4 * rows + rows * pages, dtype=torch.long, device=device)
+        self.positions, self.slots, self.write_rows, self.lens = self.meta[:4 * rows].view(4, rows)
+        self.tables = self.meta[4 * rows:].view(rows, pages)
+        self.out: torch.Tensor | None = None
+        self.graph: object | None = None
 
     def attn(self, page_size: int) -> AttnBatch:
         """A fresh step description over the buffers (its rope and mask caches empty, so a
         capture records their computation)."""
-        rows = self.x.shape[0]
-        width = self.tables.shape[1] * page_size
-        return AttnBatch(self.positions, self.slots, (1,) * rows, (width,) * rows, self.tables,
-                         tuple(range(rows)), None, self.lens, width, self.write_rows)
+        width = self.pages * page_size
+        return AttnBatch(self.positions, self.slots, (1,) * self.rows, (width,) * self.rows,
+                         self.tables, tuple(range(self.rows)), None, self.lens, width,
+                         self.write_rows)
 
 
 class DecodeGraphs:
@@ -76,6 +76,7 @@ class DecodeGraphs:
         self._pool_kv: torch.Tensor | None = None  # the pool tensor the graphs write
         self._mempool = torch.cuda.graph_pool_handle() if capture else None
         self._sources: dict[tuple[int, int], torch.Tensor] = {}  # (n, rows) -> source rows
+        #                                                           (on the host)
         self.steps = self.captures = self.replays = 0
 
     def fits(self, attn: AttnBatch, lora) -> bool:
@@ -105,25 +106,23 @@ class DecodeGraphs:
         return st.out[:n].clone()
 
     def _new(self, rows: int, pages: int, x: torch.Tensor) -> _Static:
-        dev, long = self.device, torch.long
-        return _Static(torch.zeros(rows, x.shape[1], dtype=x.dtype, device=dev),
-                       *(torch.zeros(rows, dtype=long, device=dev) for _ in range(3)),
-                       torch.zeros(rows, pages, dtype=long, device=dev),
-                       torch.ones(rows, dtype=long, device=dev))
+        return _Static(rows, pages, x.shape[1], x.dtype, self.device)
 
     def _fill(self, st: _Static, x: torch.Tensor, attn: AttnBatch, n: int) -> None:
-        """Copy the step into the buffers; rows past n repeat row 0."""
-        rows = st.x.shape[0]
+        """Copy the step into the buffers, its integers laid out on the host first (one copy
+        to the device); rows past n repeat row 0."""
+        rows, pages = st.rows, st.pages
+        if attn.positions.device.type != "cpu":
+            attn = attn.to("cpu")
         src = self._sources.get((n, rows))
         if src is None:
-            src = self._sources[(n, rows)] = torch.tensor(
-                list(range(n)) + [0] * (rows - n), dtype=torch.long, device=self.device)
+            src = self._sources[(n, rows)] = torch.tensor(list(range(n)) + [0] * (rows - n))
+        tables = torch.zeros(rows, pages, dtype=torch.long)
+        tables[:, :attn.page_tables.shape[1]] = attn.page_tables.index_select(0, src)
+        meta = torch.cat([attn.positions.index_select(0, src), attn.slots.index_select(0, src),
+                          src, attn.decode_lens.index_select(0, src), tables.view(-1)])
+        st.meta.copy_(meta)
         st.x[:n].copy_(x)
-        st.positions.copy_(attn.positions.index_select(0, src))
-        st.slots.copy_(attn.slots.index_select(0, src))
-        st.write_rows.copy_(src)
-        st.lens.copy_(attn.decode_lens.index_select(0, src))
-        st.tables[:, :attn.page_tables.shape[1]].copy_(attn.page_tables.index_select(0, src))
 
     def _capture(self, st: _Static, pool: KVPool) -> None:
         ps = pool.layout.page_size

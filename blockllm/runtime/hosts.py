@@ -171,11 +171,11 @@ class LocalHost:
         adapters = None
         if call.adapters and any(call.adapters):
             adapters = [self._adapter(a, call.key) if a else None for a in call.adapters]
-        attn = call.attn.to(self.device) if call.attn is not None else None
-        # one batch may gather hidden states from blocks on different devices
+        # one batch may gather hidden states from blocks on different devices; the step's
+        # metadata stays on the host (the worker moves what it needs)
         inputs = [x.to(self.device) for x in call.inputs]
-        return worker.run(inputs, self.pools.get(call.key), attn, adapters, tied, call.picks,
-                          call.prompt_lp)
+        return worker.run(inputs, self.pools.get(call.key), call.attn, adapters, tied,
+                          call.picks, call.prompt_lp)
 
     def _adapter(self, spec: str | tuple[str | None, ...], key: BlockKey) -> LoraAdapter:
         """An adapter block on this device, or for a segment (`spec`: the adapter of each of

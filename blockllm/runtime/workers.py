@@ -8,6 +8,7 @@ each request's next token from its last-token logits on the device (models/sampl
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import torch
@@ -53,19 +54,21 @@ class BlockWorker:
         TokenLogprob where its params ask for logprobs) as `picks[i]` says, picked on the
         device for the whole batch at once, with (that, its prompt's logprobs) where
         `prompt_lp[i]` asks for them. Decoder blocks take `attn`, this step's slots and page
-        tables in `pool`, on the device."""
+        tables in `pool` (on the host or the device: moved here)."""
         lens = [x.shape[0] for x in inputs]
-        x = torch.cat(inputs).to(self.device)
+        x = (inputs[0] if len(inputs) == 1 else torch.cat(inputs)).to(self.device)
         if self.kind == "embed":
             y = self.module(x)
         elif self.kind == "head":
             if tied_weight is not None:
                 self.module.tied_weight = tied_weight
-            last = torch.tensor(lens, device=self.device).cumsum(0) - 1
-            outs = pick(self.module(x[last]), picks or (GREEDY,) * len(lens))
+            ends = list(itertools.accumulate(lens))  # each request's last row + 1
+            rows = x if ends[-1] == len(lens) else \
+                x[torch.tensor(ends, device=self.device) - 1]  # (decodes: every row is last)
+            outs = pick(self.module(rows), picks or (GREEDY,) * len(lens))
             for b, spec in enumerate(prompt_lp or ()):
                 if spec is not None:  # (its output, the prompt's logprobs)
-                    start = int(last[b]) + 1 - lens[b]
+                    start = ends[b] - lens[b]
                     outs[b] = (outs[b], self._prompt_logprobs(x[start: start + lens[b] - 1],
                                                               *spec))
             return outs
@@ -74,9 +77,9 @@ class BlockWorker:
         else:
             lora = LoraSegments.per_sequence(adapters, lens) if adapters else None
             if self.graphs is not None and self.graphs.fits(attn, lora):
-                y = self.graphs.run(x, pool, attn)
+                y = self.graphs.run(x, pool, attn)  # takes `attn` from the host itself
             else:
-                y = self.module(x, pool, attn, lora)
+                y = self.module(x, pool, attn.to(self.device), lora)
         return list(y.split(lens))
 
     def _prompt_logprobs(self, rows: torch.Tensor, targets: tuple[int, ...], k: int) -> tuple:
@@ -116,7 +119,7 @@ def _median_call_s(worker: BlockWorker, inputs, pool, tied, seqs: list[int],
             table = PageTable(pool.layout.num_pages, 16)
             for s, n in zip(seqs, lens, strict=True):
                 table.append(s, context - n)  # earlier tokens' KV (garbage: timing only)
-            attn = AttnBatch.build(table, seqs, lens, worker.device)
+            attn = AttnBatch.build(table, seqs, lens)  # on the host, as the engine's
         if cuda:
             torch.cuda.synchronize(worker.device)
         t = time.perf_counter()

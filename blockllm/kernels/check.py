@@ -1,0 +1,61 @@
+"""Each GPU kernel against the torch path on small inputs: the start-up check of
+`blockllm.kernels.gpu_kernels()` on a GPU, and the test of the kernels in Triton's interpreter
+on a CPU (tests/test_triton_ops.py)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_kernels(mod, dev: torch.device, dtype: torch.dtype = torch.float32,
+                  seed: int = 0, tol: float = 1e-4) -> None:
+    """Raise AssertionError where a kernel of `mod` differs from the torch path."""
+    from blockllm.models import ops
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g).to(dev, dtype)
+
+    def close(got, want, what):
+        torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol,
+                                   msg=lambda m: f"{what}: {m}")
+    x, r, w = rand(3, 96), rand(3, 96), rand(96)
+    close(mod.rms_norm(x, w, 1e-5), ops.torch_rms_norm(x, w, 1e-5), "rms_norm")
+    r2 = r.clone()
+    got = mod.add_rms_norm_(r2, x, w, 1e-5)
+    want = ops.torch_rms_norm(r + x, w, 1e-5)
+    close(r2, r + x, "add_rms_norm_ (stream)")
+    close(got, want, "add_rms_norm_")
+    gu = rand(3, 2 * 80)
+    close(mod.silu_mul(gu), ops.torch_silu_mul(gu), "silu_mul")
+    heads, kv, d = 4, 2, 16
+    qkv, cos, sin = rand(3, (heads + 2 * kv) * d), rand(3, d), rand(3, d)
+    want = ops.torch_rope_qk_(qkv.clone(), cos, sin, heads, kv)
+    close(mod.rope_qk_(qkv, cos, sin, heads, kv), want, "rope_qk_")
+    for heads, kv, d, ps in ((4, 2, 16, 4), (3, 3, 8, 16), (4, 1, 32, 8)):  # GQA, MHA, MQA
+        close(*_decode_pair(mod.paged_decode, rand, heads, kv, d, ps, dev), "paged_decode")
+
+
+def _decode_pair(kernel, rand, heads: int, kv: int, d: int, ps: int, dev: torch.device):
+    """The kernel's output and dense attention's on sequences of 1, 5 and 2 pages + 3 tokens,
+    their pages scattered over the pool."""
+    import torch.nn.functional as F
+    lens = [1, 5 * ps, 2 * ps + 3]
+    n_pages = sum(-(-n // ps) for n in lens) + 3
+    k_cache, v_cache = rand(n_pages, ps, kv, d), rand(n_pages, ps, kv, d)
+    order = torch.randperm(n_pages, generator=torch.Generator().manual_seed(1)).tolist()
+    tables, at = [], 0
+    for n in lens:
+        tables.append(order[at: at + -(-n // ps)])
+        at += len(tables[-1])
+    width = max(map(len, tables))
+    tab = torch.tensor([t + [0] * (width - len(t)) for t in tables], device=dev)
+    q = rand(len(lens), heads, d)
+    got = kernel(q, k_cache, v_cache, tab, torch.tensor(lens, device=dev), d ** -0.5)
+    want = []
+    for b, n in enumerate(lens):
+        kk = k_cache[tab[b]].reshape(-1, kv, d)[:n].transpose(0, 1)[None].float()
+        vv = v_cache[tab[b]].reshape(-1, kv, d)[:n].transpose(0, 1)[None].float()
+        want.append(F.scaled_dot_product_attention(q[b][None, :, None].float(), kk, vv,
+                                                   enable_gqa=True)[0, :, 0])
+    return got, torch.stack(want)
