@@ -9,6 +9,8 @@ on /dev/shm, the serving engine in this process (the GPU image lacks the server'
   one row) / this device's measured read bandwidth (a sum over 2 GiB);
 - batch 1: TPOT of one request (a 32-token prompt, --new-tokens greedy tokens), per mode:
   decode steps as CUDA graphs or eager, with the Triton kernels or torch ops;
+  (one engine for all modes: the batch limits measured at its warm-up under the first mode
+  hold for every mode, so each runs the same schedule; greedy tokens compared across modes);
 - transformers generate() on the same weights, the correctness reference as a speed peer;
 - saturation: --saturate requests at once; tokens/s, TPOT p50 and NVML utilization (mean
   of samples every 0.1 s while they run).
@@ -101,7 +103,8 @@ def engine_row(eng, mode: str, n: int, saturate: int, reps: int = 3) -> dict:
     _run(eng, [prompt], n)  # unmeasured: captures the batch-1 graphs, warms the allocator
     calls0, one = eng.counters["block_calls"], []
     for _ in range(reps):
-        one += _tpots(_run(eng, [prompt], n)[0])
+        req = _run(eng, [prompt], n)[0]
+        one += _tpots(req)
     calls = (eng.counters["block_calls"] - calls0) / (reps * n)
     prompts = [[3 + (i * 7 + j) % 1000 for j in range(64)] for i in range(saturate)]
     _run(eng, prompts, n)  # unmeasured: the saturation run's buckets
@@ -116,6 +119,7 @@ def engine_row(eng, mode: str, n: int, saturate: int, reps: int = 3) -> dict:
         "batch1_tpot_ms_p50": 1e3 * statistics.median(one),
         "batch1_tpot_ms_mean": 1e3 * statistics.fmean(one),
         "batch1_block_calls_per_token": calls,
+        "batch1_tokens": list(req.output),  # greedy: the modes' agreement is reported
         "saturation": {"requests": saturate, "new_tokens": n, "wall_s": wall,
                        "tokens_per_s": saturate * n / wall,
                        "tpot_ms_p50": 1e3 * statistics.median(
@@ -190,10 +194,16 @@ def main(out, preset, dtype, device, zoo_dir, new_tokens, saturate, modes, hf, n
             w.graphs = DecodeGraphs(w.module, w.device, graphs == "graphs") \
                 if graphs in ("graphs", "uncaptured") else None
         row = engine_row(eng, mode, new_tokens, saturate)
-        row["kernels"] = "triton" if gpu_kernels() is not None else "torch"
+        row["kernels"] = "triton" if gpu_kernels(dt) is not None else "torch"
         row["x_roofline"] = row["batch1_tpot_ms_p50"] / report["roofline_tpot_ms"]
+        # fp16 sums in another order may flip a near-tie: how long the greedy tokens agree
+        row["tokens_agree_with_first_mode"] = _agree(report["engine"][0]["batch1_tokens"]
+                                                     if report["engine"] else
+                                                     row["batch1_tokens"], row["batch1_tokens"])
         report["engine"].append(row)
-        click.echo(json.dumps(row), err=True)
+        click.echo(json.dumps({k: v for k, v in row.items() if k != "batch1_tokens"}),
+                   err=True)
+        _write(report, out, name)  # after each mode: a run cut short keeps what it measured
     eng.close()
     del eng
     if device.startswith("cuda"):
@@ -202,10 +212,19 @@ def main(out, preset, dtype, device, zoo_dir, new_tokens, saturate, modes, hf, n
         report["transformers_tpot_ms"] = hf_tpot_ms(src, dt, device, new_tokens)
         click.echo(f"transformers {report['transformers_tpot_ms']:.2f} ms", err=True)
     report["wall_s"] = time.perf_counter() - t0
+    _write(report, out, name)
+    click.echo(json.dumps(report, indent=1))
+
+
+def _agree(a: list[int], b: list[int]) -> int:
+    """The length of the common prefix of two token lists."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def _write(report: dict, out: str, name: str) -> None:
     outd = Path(out)
     outd.mkdir(parents=True, exist_ok=True)
     (outd / f"{name}.json").write_text(json.dumps(report, indent=1))
-    click.echo(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@ Triton's interpreter (on a GPU, `blockllm.kernels.gpu_kernels()` runs the same c
 and tests/test_engine.py with BLOCKLLM_TEST_DEVICE=cuda checks the engine's tokens).
 
 The interpreter is chosen when Triton is first imported (TRITON_INTERPRET=1), so each check
-runs in a process of its own."""
+runs in a process of its own. bfloat16 is checked on a GPU only (`python -m
+blockllm.kernels.check`, experiments/gpu_checks.sh): the interpreter computes it in NumPy,
+which has no such type, and returns NaN."""
 
 import os
 import subprocess

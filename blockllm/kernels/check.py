@@ -9,31 +9,39 @@ import torch
 
 def check_kernels(mod, dev: torch.device, dtype: torch.dtype = torch.float32,
                   seed: int = 0, tol: float = 1e-4) -> None:
-    """Raise AssertionError where a kernel of `mod` differs from the torch path."""
+    """Raise AssertionError where a kernel of `mod` differs from the torch path: on small
+    shapes (GQA, MHA, MQA; odd widths) and on a Llama-2-7B layer's (hidden 4096, intermediate
+    11008, 32 heads of 128; several warps and column blocks per row), rows strided as the
+    engine passes them (views of wider tensors)."""
     from blockllm.models import ops
     g = torch.Generator().manual_seed(seed)
 
     def rand(*shape):
         return torch.randn(*shape, generator=g).to(dev, dtype)
 
+    def rows(t: int, n: int):  # (t, n) rows of a wider tensor: stride(0) > n
+        return rand(t, n + 16)[:, :n]
+
     def close(got, want, what):
         torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol,
-                                   msg=lambda m: f"{what}: {m}")
-    x, r, w = rand(3, 96), rand(3, 96), rand(96)
-    close(mod.rms_norm(x, w, 1e-5), ops.torch_rms_norm(x, w, 1e-5), "rms_norm")
-    r2 = r.clone()
-    got = mod.add_rms_norm_(r2, x, w, 1e-5)
-    want = ops.torch_rms_norm(r + x, w, 1e-5)
-    close(r2, r + x, "add_rms_norm_ (stream)")
-    close(got, want, "add_rms_norm_")
-    gu = rand(3, 2 * 80)
-    close(mod.silu_mul(gu), ops.torch_silu_mul(gu), "silu_mul")
-    heads, kv, d = 4, 2, 16
-    qkv, cos, sin = rand(3, (heads + 2 * kv) * d), rand(3, d), rand(3, d)
-    want = ops.torch_rope_qk_(qkv.clone(), cos, sin, heads, kv)
-    close(mod.rope_qk_(qkv, cos, sin, heads, kv), want, "rope_qk_")
-    for heads, kv, d, ps in ((4, 2, 16, 4), (3, 3, 8, 16), (4, 1, 32, 8)):  # GQA, MHA, MQA
-        close(*_decode_pair(mod.paged_decode, rand, heads, kv, d, ps, dev), "paged_decode")
+                                   msg=lambda m: f"{what} ({dtype}): {m}")
+    for hidden, inter in ((96, 80), (4096, 11008)):
+        x, r, w = rand(3, hidden), rows(3, hidden), rand(hidden)
+        close(mod.rms_norm(x, w, 1e-5), ops.torch_rms_norm(x, w, 1e-5), f"rms_norm {hidden}")
+        r2 = r.clone()
+        got = mod.add_rms_norm_(r2, x, w, 1e-5)
+        close(r2, r + x, f"add_rms_norm_ (stream) {hidden}")
+        close(got, ops.torch_rms_norm(r + x, w, 1e-5), f"add_rms_norm_ {hidden}")
+        gu = rows(3, 2 * inter)
+        close(mod.silu_mul(gu), ops.torch_silu_mul(gu), f"silu_mul {inter}")
+    for heads, kv, d in ((4, 2, 16), (32, 8, 128)):
+        qkv, cos, sin = rows(3, (heads + 2 * kv) * d), rand(3, d), rand(3, d)
+        want = ops.torch_rope_qk_(qkv.clone(), cos, sin, heads, kv)
+        close(mod.rope_qk_(qkv, cos, sin, heads, kv), want, f"rope_qk_ {heads}/{kv}/{d}")
+    # GQA, MHA, MQA, a Llama-2-7B layer's
+    for heads, kv, d, ps in ((4, 2, 16, 4), (3, 3, 8, 16), (4, 1, 32, 8), (32, 32, 128, 16)):
+        close(*_decode_pair(mod.paged_decode, rand, heads, kv, d, ps, dev),
+              f"paged_decode {heads}/{kv}/{d} page {ps}")
 
 
 def _decode_pair(kernel, rand, heads: int, kv: int, d: int, ps: int, dev: torch.device):
@@ -50,7 +58,7 @@ def _decode_pair(kernel, rand, heads: int, kv: int, d: int, ps: int, dev: torch.
         at += len(tables[-1])
     width = max(map(len, tables))
     tab = torch.tensor([t + [0] * (width - len(t)) for t in tables], device=dev)
-    q = rand(len(lens), heads, d)
+    q = rand(len(lens), (heads + 2 * kv) * d)[:, :heads * d].view(len(lens), heads, d)  # of qkv
     got = kernel(q, k_cache, v_cache, tab, torch.tensor(lens, device=dev), d ** -0.5)
     want = []
     for b, n in enumerate(lens):
@@ -59,3 +67,26 @@ def _decode_pair(kernel, rand, heads: int, kv: int, d: int, ps: int, dev: torch.
         want.append(F.scaled_dot_product_attention(q[b][None, :, None].float(), kk, vv,
                                                    enable_gqa=True)[0, :, 0])
     return got, torch.stack(want)
+
+
+def main() -> None:
+    """`python -m blockllm.kernels.check`: the Triton kernels on this GPU in each dtype,
+    printing each failure's traceback (gpu_kernels() logs it and falls back to torch)."""
+    import traceback
+
+    import blockllm.kernels.triton_ops as mod
+    from blockllm.kernels import CHECK_TOL
+    failed = 0
+    for dtype, tol in CHECK_TOL.items():
+        try:
+            check_kernels(mod, torch.device("cuda"), dtype, tol=tol)
+            print(f"triton kernels {dtype}: ok", flush=True)
+        except Exception:  # noqa: BLE001 - report every dtype
+            failed += 1
+            print(f"triton kernels {dtype}: FAILED", flush=True)
+            traceback.print_exc()
+    raise SystemExit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

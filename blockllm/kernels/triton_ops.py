@@ -105,7 +105,7 @@ def rope_qk_(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_heads: i
 
 
 @triton.jit
-def _paged_decode(q_ptr, k_ptr, v_ptr, tab_ptr, len_ptr, o_ptr, scale,
+def _paged_decode(q_ptr, k_ptr, v_ptr, tab_ptr, len_ptr, o_ptr, scale, n_tab,
                   stride_qb, stride_qh, stride_kp, stride_kt, stride_kh, stride_tb, stride_ob,
                   stride_oh, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
                   PS: tl.constexpr):
@@ -122,7 +122,7 @@ def _paged_decode(q_ptr, k_ptr, v_ptr, tab_ptr, len_ptr, o_ptr, scale,
     l_i = tl.zeros((GP,), tl.float32)
     acc = tl.zeros((GP, BD), tl.float32)
     for p in range(0, tl.cdiv(length, PS)):
-        page = tl.load(tab_ptr + b * stride_tb + p)
+        page = tl.load(tab_ptr + b * stride_tb + p, mask=p < n_tab, other=0)
         tm = p * PS + t < length
         kv_off = page * stride_kp + t[:, None] * stride_kt + kvh * stride_kh + d[None, :]
         kv_m = tm[:, None] & dm[None, :]
@@ -136,7 +136,7 @@ def _paged_decode(q_ptr, k_ptr, v_ptr, tab_ptr, len_ptr, o_ptr, scale,
         v = tl.load(v_ptr + kv_off, mask=kv_m, other=0.0).to(tl.float32)
         acc = acc * alpha[:, None] + tl.sum(pr[:, :, None] * v[None, :, :], axis=1)
         m_i = m_new
-    out = acc / l_i[:, None]
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # (no KV at all: zeros)
     o_off = b * stride_ob + (kvh * G + g)[:, None] * stride_oh + d[None, :]
     tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=gm[:, None] & dm[None, :])
 
@@ -144,13 +144,15 @@ def _paged_decode(q_ptr, k_ptr, v_ptr, tab_ptr, len_ptr, o_ptr, scale,
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                  tables: torch.Tensor, lens: torch.Tensor, scale: float) -> torch.Tensor:
     """q (B, H, D), rows of stride 1 along D; k_cache, v_cache (pages, page_size, H_kv, D)
-    contiguous; tables (B, P) page ids; lens (B,) tokens of KV per sequence (>= 1).
+    contiguous; tables (B, P) page ids; lens (B,) tokens of KV per sequence (0 gives zeros).
     Returns (B, H, D), the same call as the native CPU kernel's."""
     B, H, D = q.shape
+    assert q.stride(2) == 1 and tables.stride(1) == 1 and k_cache.stride(3) == 1 and \
+        k_cache.stride() == v_cache.stride(), "paged_decode: unexpected layout"
     ps, hkv = k_cache.shape[1], k_cache.shape[2]
     g = H // hkv
     out = torch.empty((B, H, D), dtype=q.dtype, device=q.device)
-    _paged_decode[(B, hkv)](q, k_cache, v_cache, tables, lens, out, scale,
+    _paged_decode[(B, hkv)](q, k_cache, v_cache, tables, lens, out, scale, tables.shape[1],
                             q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
                             k_cache.stride(2), tables.stride(0), out.stride(0), out.stride(1),
                             G=g,

@@ -199,7 +199,7 @@ def _decode_kernel(q: torch.Tensor, pool: KVPool, batch: AttnBatch):
     does); None: gather."""
     if q.device.type == "cuda":
         ps = pool.layout.page_size
-        mod = gpu_kernels() if ps & (ps - 1) == 0 else None
+        mod = gpu_kernels(q.dtype) if ps & (ps - 1) == 0 else None
         return None if mod is None else mod.paged_decode
     return paged_decode() if q.device.type == "cpu" and batch.static_width is None else None
 

@@ -22,7 +22,7 @@ def _ops(x: torch.Tensor):
         return None
     if x.device.type == "cpu":
         return native() if x.is_contiguous() else None
-    return gpu_kernels() if x.device.type == "cuda" else None
+    return gpu_kernels(x.dtype) if x.device.type == "cuda" else None
 
 
 def torch_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

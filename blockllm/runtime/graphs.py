@@ -46,13 +46,18 @@ def pages_bucket(n: int) -> int:
 
 class _Static:
     """One bucket's input and output buffers, and its graph (None: run eagerly). The integer
-    inputs are views of one buffer, filled by one copy from the host per call."""
+    inputs are views of one buffer, filled by one copy per call from a host buffer (pinned on
+    a GPU, so the copy does not wait for the device; an event keeps the next call from
+    refilling it before the copy has read it)."""
 
     def __init__(self, rows: int, pages: int, hidden: int, dtype: torch.dtype,
                  device: torch.device):
         self.rows, self.pages = rows, pages
         self.x = torch.zeros(rows, hidden, dtype=dtype, device=device)
         self.meta = torch.zeros(4 * rows + rows * pages, dtype=torch.long, device=device)
+        cuda = device.type == "cuda"
+        self.host = torch.zeros(self.meta.shape, dtype=torch.long, pin_memory=cuda)
+        self.copied = torch.cuda.Event() if cuda else None
         self.positions, self.slots, self.write_rows, self.lens = self.meta[:4 * rows].view(4, rows)
         self.tables = self.meta[4 * rows:].view(rows, pages)
         self.out: torch.Tensor | None = None
@@ -77,6 +82,7 @@ class DecodeGraphs:
         self._mempool = torch.cuda.graph_pool_handle() if capture else None
         self._sources: dict[tuple[int, int], torch.Tensor] = {}  # (n, rows) -> source rows
         #                                                           (on the host)
+        self._stream = None  # the capture stream, on this worker's device
         self.steps = self.captures = self.replays = 0
 
     def fits(self, attn: AttnBatch, lora) -> bool:
@@ -117,22 +123,29 @@ class DecodeGraphs:
         src = self._sources.get((n, rows))
         if src is None:
             src = self._sources[(n, rows)] = torch.tensor(list(range(n)) + [0] * (rows - n))
-        tables = torch.zeros(rows, pages, dtype=torch.long)
+        if st.copied is not None:
+            st.copied.synchronize()  # the last call's copy has read the host buffer
+        head, tables = st.host[:4 * rows].view(4, rows), st.host[4 * rows:].view(rows, pages)
+        for i, v in enumerate((attn.positions, attn.slots, src, attn.decode_lens)):
+            torch.index_select(v, 0, src, out=head[i])
+        tables.zero_()
         tables[:, :attn.page_tables.shape[1]] = attn.page_tables.index_select(0, src)
-        meta = torch.cat([attn.positions.index_select(0, src), attn.slots.index_select(0, src),
-                          src, attn.decode_lens.index_select(0, src), tables.view(-1)])
-        st.meta.copy_(meta)
+        st.meta.copy_(st.host, non_blocking=st.copied is not None)
+        if st.copied is not None:
+            st.copied.record()
         st.x[:n].copy_(x)
 
     def _capture(self, st: _Static, pool: KVPool) -> None:
         ps = pool.layout.page_size
+        if self._stream is None:  # (torch.cuda.graph's default stream is made once, on
+            self._stream = torch.cuda.Stream(self.device)  # whichever device was current)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):  # warm-up: this step's own result and K/V writes
             self.module(st.x, pool, st.attn(ps))
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._mempool):
+        with torch.cuda.graph(graph, pool=self._mempool, stream=self._stream):
             st.out = self.module(st.x, pool, st.attn(ps))
         st.graph = graph
         self.captures += 1

@@ -43,8 +43,16 @@ class BlockWorker:
                                         graphs == "auto" and device.type == "cuda"):
             self.graphs = DecodeGraphs(self.module, device, capture=graphs == "auto")
 
+    def run(self, *args, **kwargs) -> list:
+        """`_run` with this worker's GPU the current one (Triton launches on the current
+        device, whatever its tensors' device, and so would a graph capture)."""
+        if self.device.type != "cuda":
+            return self._run(*args, **kwargs)
+        with torch.cuda.device(self.device):
+            return self._run(*args, **kwargs)
+
     @torch.inference_mode()
-    def run(self, inputs: list[torch.Tensor], pool: KVPool | None = None,
+    def _run(self, inputs: list[torch.Tensor], pool: KVPool | None = None,
             attn: AttnBatch | None = None, adapters: list[LoraAdapter | None] | None = None,
             tied_weight: torch.Tensor | None = None,
             picks: tuple[Pick, ...] | None = None,
