@@ -12,7 +12,7 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv \
   > "$OUT/nvidia-smi.txt" 2>&1
 # 0. the Triton kernels against the torch path in each dtype (a failure with its traceback)
-timeout 120 python3 -m blockllm.kernels.check > "$OUT/gpu_tests.txt" 2>&1
+timeout 120 python3 -m blockllm.models.gpu_kernels > "$OUT/gpu_tests.txt" 2>&1
 BLOCKLLM_NATIVE=0 BLOCKLLM_TEST_DEVICE=cuda timeout "${TEST_S:-150}" python3 -m pytest -q \
   -p no:cacheprovider tests/test_graphs.py tests/test_engine.py \
   -k "graph or outputs_equal or buckets or fits" 2>&1 | tail -40 >> "$OUT/gpu_tests.txt"

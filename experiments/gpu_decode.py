@@ -164,7 +164,7 @@ def hf_tpot_ms(src, dtype: torch.dtype, device: str, n: int) -> float:
 @click.option("--hf/--no-hf", default=True, help="Time transformers generate() too.")
 @click.option("--name", default="gpu_decode", show_default=True, help="Output file stem.")
 def main(out, preset, dtype, device, zoo_dir, new_tokens, saturate, modes, hf, name):
-    from blockllm.kernels import gpu_kernels
+    from blockllm.models.gpu_kernels import gpu_kernels
     from blockllm.runtime.config import EngineConfig
     from blockllm.runtime.engine import Engine
     from blockllm.runtime.graphs import DecodeGraphs
@@ -179,7 +179,8 @@ def main(out, preset, dtype, device, zoo_dir, new_tokens, saturate, modes, hf, n
     nbytes = _read_bytes(src)
     report = {"device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
               "torch": torch.__version__, "preset": preset, "dtype": dtype,
-              "bandwidth_GBps": {k: v / 1e9 for k, v in bws.items()}, "bytes_read_per_token": nbytes,
+              "bandwidth_GBps": {k: v / 1e9 for k, v in bws.items()},
+              "bytes_read_per_token": nbytes,
               "roofline_tpot_ms": 1e3 * nbytes / bw, "engine": []}
     cfg = EngineConfig(device=device, dtype=dtype, memory_budget=2 * nbytes + (1 << 30),
                        kv_budget=8 << 30)

@@ -1,10 +1,10 @@
 """The GPU kernels (blockllm/kernels/triton_ops.py) against the torch path, run on the CPU in
-Triton's interpreter (on a GPU, `blockllm.kernels.gpu_kernels()` runs the same check at start
-and tests/test_engine.py with BLOCKLLM_TEST_DEVICE=cuda checks the engine's tokens).
+Triton's interpreter (on a GPU, `blockllm.models.gpu_kernels.gpu_kernels()` runs the same check
+at first use and tests/test_engine.py with BLOCKLLM_TEST_DEVICE=cuda checks the engine's tokens).
 
 The interpreter is chosen when Triton is first imported (TRITON_INTERPRET=1), so each check
 runs in a process of its own. bfloat16 is checked on a GPU only (`python -m
-blockllm.kernels.check`, experiments/gpu_checks.sh): the interpreter computes it in NumPy,
+blockllm.models.gpu_kernels`, experiments/gpu_checks.sh): the interpreter computes it in NumPy,
 which has no such type, and returns NaN."""
 
 import os
@@ -27,7 +27,7 @@ def _patched(tensor, scope):
     scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
 interp._patch_lang_tensor = _patched
 import blockllm.kernels.triton_ops as mod
-from blockllm.kernels.check import check_kernels
+from blockllm.models.gpu_kernels import check_kernels
 {patch}
 check_kernels(mod, torch.device("cpu"), torch.{dtype}, tol={tol})
 print("ok")

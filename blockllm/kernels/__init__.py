@@ -106,28 +106,3 @@ def paged_decode() -> Callable | None:
     or None where the kernels are not available."""
     ops = native()
     return None if ops is None else ops.paged_decode
-
-
-# the start-up check's tolerance per dtype (the torch path's own rounding differs by as much)
-CHECK_TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 2e-2}
-
-
-@functools.cache
-def gpu_kernels(dtype: torch.dtype = torch.float32):
-    """The Triton kernels (blockllm.kernels.triton_ops) for CUDA tensors of `dtype`, or None
-    where Triton is missing, switched off (BLOCKLLM_TRITON=0), the dtype is not one they are
-    checked for, or they fail the start-up check on this GPU in that dtype (each kernel once,
-    on small and Llama-shaped inputs, against the torch path): the torch path then runs."""
-    if os.environ.get("BLOCKLLM_TRITON", "1") == "0" or not torch.cuda.is_available() or \
-            dtype not in CHECK_TOL:
-        return None
-    try:
-        import blockllm.kernels.triton_ops as mod
-        from blockllm.kernels.check import check_kernels
-        check_kernels(mod, torch.device("cuda", torch.cuda.current_device()), dtype,
-                      tol=CHECK_TOL[dtype])
-    except Exception:  # noqa: BLE001 - no Triton, or it fails here: the torch path
-        log.warning("Triton kernels unavailable in %s; using the torch path", dtype,
-                    exc_info=True)
-        return None
-    return mod

@@ -8,8 +8,9 @@ arithmetic follows the torch path (models/ops.py, models/attention.py) operation
 operation: RMSNorm in float32 cast back before the weight, SiLU in float32, RoPE rounded
 after each product as torch rounds it, attention accumulated in float32.
 
-Loaded by `blockllm.kernels.gpu_kernels()` on a GPU where Triton is installed (the torch path
-otherwise); tests run the same kernels on the CPU in Triton's interpreter (TRITON_INTERPRET=1).
+Loaded by `blockllm.models.gpu_kernels.gpu_kernels()` on a GPU where Triton is installed (the
+torch path otherwise); tests run the same kernels on the CPU in Triton's interpreter
+(TRITON_INTERPRET=1).
 """
 
 from __future__ import annotations

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from blockllm.kernels import gpu_kernels, paged_decode
+from blockllm.kernels import paged_decode
+from blockllm.models.gpu_kernels import gpu_kernels
 from blockllm.models.kv_cache import KVPool, OutOfPages, PageTable
 from blockllm.models.rope import cos_sin
 

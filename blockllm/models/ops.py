@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from blockllm.kernels import gpu_kernels, native
+from blockllm.kernels import native
+from blockllm.models.gpu_kernels import gpu_kernels
 
 
 def _ops(x: torch.Tensor):

@@ -1,10 +1,40 @@
-"""Each GPU kernel against the torch path on small inputs: the start-up check of
-`blockllm.kernels.gpu_kernels()` on a GPU, and the test of the kernels in Triton's interpreter
-on a CPU (tests/test_triton_ops.py)."""
+"""The Triton kernels (blockllm/kernels/triton_ops.py) for CUDA tensors, each checked against
+the torch path the first time a dtype needs it (`gpu_kernels`); the same check runs the
+kernels in Triton's interpreter on a CPU (tests/test_triton_ops.py) and, as `python -m
+blockllm.models.gpu_kernels`, on a GPU in every dtype with each failure's traceback."""
 
 from __future__ import annotations
 
+import functools
+import logging
+import os
+
 import torch
+
+log = logging.getLogger(__name__)
+
+# the check's tolerance per dtype (the torch path's own rounding differs by as much)
+CHECK_TOL = {torch.float32: 1e-4, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+
+
+@functools.cache
+def gpu_kernels(dtype: torch.dtype = torch.float32):
+    """The Triton kernels for CUDA tensors of `dtype`, or None where Triton is missing,
+    switched off (BLOCKLLM_TRITON=0), the dtype is not one they are checked for, or they fail
+    the check on this GPU in that dtype (each kernel once, on small and Llama-shaped inputs,
+    against the torch path): the torch path then runs."""
+    if os.environ.get("BLOCKLLM_TRITON", "1") == "0" or not torch.cuda.is_available() or \
+            dtype not in CHECK_TOL:
+        return None
+    try:
+        import blockllm.kernels.triton_ops as mod
+        check_kernels(mod, torch.device("cuda", torch.cuda.current_device()), dtype,
+                      tol=CHECK_TOL[dtype])
+    except Exception:  # noqa: BLE001 - no Triton, or it fails here: the torch path
+        log.warning("Triton kernels unavailable in %s; using the torch path", dtype,
+                    exc_info=True)
+        return None
+    return mod
 
 
 def check_kernels(mod, dev: torch.device, dtype: torch.dtype = torch.float32,
@@ -70,12 +100,11 @@ def _decode_pair(kernel, rand, heads: int, kv: int, d: int, ps: int, dev: torch.
 
 
 def main() -> None:
-    """`python -m blockllm.kernels.check`: the Triton kernels on this GPU in each dtype,
+    """`python -m blockllm.models.gpu_kernels`: the Triton kernels on this GPU in each dtype,
     printing each failure's traceback (gpu_kernels() logs it and falls back to torch)."""
     import traceback
 
     import blockllm.kernels.triton_ops as mod
-    from blockllm.kernels import CHECK_TOL
     failed = 0
     for dtype, tol in CHECK_TOL.items():
         try:
