@@ -1,5 +1,6 @@
-"""Benchmark figures: blockllm vs vLLM side by side (`python -m benchmarks.serving`) and a head
-batch's sampling on the device vs per row on the host (`python -m benchmarks.sampling`).
+"""Benchmark figures: blockllm vs vLLM side by side (`python -m benchmarks.serving`), a head
+batch's sampling on the device vs per row on the host (`python -m benchmarks.sampling`), and
+CPU matmuls with plain vs packed weights (`python -m benchmarks.matmul_layout`).
 
     python -m paper_figures.benchmarks [results] [paper_figures/out]
 """
@@ -21,6 +22,8 @@ def draw(results: Path, out_dir: Path) -> list[Path]:
         paths += serving(results / "bench_serving.json", out_dir)
     if (results / "bench_sampling.json").exists():
         paths += sampling(results / "bench_sampling.json", out_dir)
+    if (results / "bench_matmul_layout.json").exists():
+        paths += matmul_layout(results / "bench_matmul_layout.json", out_dir)
     if not paths:
         raise FileNotFoundError(f"no bench_serving.json or bench_sampling.json in {results}: "
                                 "run `python -m benchmarks.serving` or `.sampling` first")
@@ -67,6 +70,31 @@ def sampling(path: Path, out_dir: Path) -> list[Path]:
     g.set(xscale="log", yscale="log")
     g.set_axis_labels("requests in the head's batch", "ms to pick their tokens")
     return save(g.figure, out_dir, "bench_sampling")
+
+
+def matmul_layout(path: Path, out_dir: Path) -> list[Path]:
+    """Milliseconds for a model's decoder matmuls against rows, per weight layout, and the
+    bandwidth bound."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
+
+    r = json.loads(path.read_text())
+    df = pd.DataFrame(r["rows"])
+    long = pd.concat([df.assign(layout="plain, F.linear (MKL)", ms=df["mkl_ms"]),
+                      df.assign(layout="oneDNN packed (the engine)", ms=df["packed_ms"])],
+                     ignore_index=True)
+    sns.set_theme(style="whitegrid")
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    sns.lineplot(long, x="rows", y="ms", hue="layout", marker="o", ax=ax)
+    ax.axhline(df["bound_ms"].iloc[0], ls="--", c="grey", label="bandwidth bound")
+    ax.set(xscale="log", yscale="log", xlabel="rows (tokens) per matmul",
+           ylabel=f"ms for {r['layers']} layers' matmuls")
+    ax.set_title(f"{r['preset']} fp32 on {r['cpu_model']}", fontsize=9)
+    ax.legend(fontsize=8)
+    return save(fig, out_dir, "bench_matmul_layout")
 
 
 if __name__ == "__main__":

@@ -27,3 +27,19 @@ def test_sampling_benchmark_writes_its_table_and_both_figures_draw(tmp_path):
     assert {p.name for p in paths} == {"bench_serving.png", "bench_serving.pdf",
                                        "bench_sampling.png", "bench_sampling.pdf"}
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_matmul_layout_benchmark_times_both_layouts_and_its_figure_draws(tmp_path):
+    from benchmarks import matmul_layout
+    out = tmp_path / "bench_matmul_layout.json"
+    res = CliRunner().invoke(matmul_layout.main, ["--preset", "tiny", "--rows", "1,8",
+                                                  "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    r = json.loads(out.read_text())
+    shapes, layers = matmul_layout.layer_shapes("tiny")
+    assert r["layers"] == layers and r["weight_bytes"] == 4 * layers * sum(
+        o * i for o, i in shapes)
+    assert [x["rows"] for x in r["rows"]] == [1, 8]
+    assert all(x["mkl_ms"] > 0 and x["packed_ms"] > 0 for x in r["rows"])
+    paths = figures.matmul_layout(out, tmp_path / "fig")
+    assert {p.name for p in paths} == {"bench_matmul_layout.png", "bench_matmul_layout.pdf"}

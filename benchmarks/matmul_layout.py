@@ -1,0 +1,109 @@
+"""CPU matmuls of a model's decoder layers: plain weights through F.linear (MKL) against the
+engine's layout, oneDNN's packed one (`models.llama.pack_weight`), per number of rows.
+
+    python -m benchmarks.matmul_layout [--preset smollm2-135m] [--rows 1,2,4,8,32,128]
+                                       [--out results/bench_matmul_layout.json]
+
+Every layer's four fused matmuls (q/k/v, o, gate/up, down), random fp32 weights of the
+preset's shapes, as many layers as the model has (so the weights stream from memory as in
+serving); milliseconds for all of them, median of 7 after 2 warm-ups, and the bandwidth
+bound (their bytes at the measured read bandwidth: a sum over 1 GiB, as `make bench`).
+Which layout wins depends on the CPU (an AMD EPYC and an Intel Xeon differ): the engine packs
+because packed wins from a few rows on.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import click
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from blockllm.loaders.dummy import preset_config
+from blockllm.models.llama import linear, pack_weight
+
+
+def read_bandwidth() -> float:
+    """Bytes per second of a sum over 1 GiB of float32 (median of 10), as `make bench`."""
+    x = torch.ones(1 << 28)
+    x.sum()
+    times = []
+    for _ in range(10):
+        t = time.perf_counter()
+        x.sum()
+        times.append(time.perf_counter() - t)
+    return x.numel() * x.element_size() / statistics.median(times)
+
+
+def layer_shapes(preset: str) -> tuple[list[tuple[int, int]], int]:
+    """(out, in) of a layer's fused matmuls, and the number of layers."""
+    c = preset_config(preset)
+    h, d = c.hidden_size, c.head_dim
+    qkv = (c.num_attention_heads + 2 * c.num_key_value_heads) * d
+    return [(qkv, h), (h, c.num_attention_heads * d), (2 * c.intermediate_size, h),
+            (h, c.intermediate_size)], c.num_hidden_layers
+
+
+def time_ms(weights: list[torch.Tensor], xs: dict[int, torch.Tensor], in_of: list[int],
+            reps: int = 7) -> float:
+    def once() -> float:
+        t = time.perf_counter()
+        for w, n_in in zip(weights, in_of, strict=True):
+            linear(xs[n_in], w) if w.is_mkldnn else F.linear(xs[n_in], w)
+        return time.perf_counter() - t
+    once(), once()
+    return 1e3 * statistics.median(once() for _ in range(reps))
+
+
+@click.command()
+@click.option("--preset", default="smollm2-135m", show_default=True)
+@click.option("--rows", default="1,2,4,8,32,128", show_default=True)
+@click.option("--out", default="results/bench_matmul_layout.json", show_default=True)
+def main(preset: str, rows: str, out: str) -> None:
+    torch.manual_seed(0)
+    shapes, n_layers = layer_shapes(preset)
+    plain = [torch.randn(o, i) for _ in range(n_layers) for o, i in shapes]
+    packed = [pack_weight(w) for w in plain]
+    in_of = [w.shape[1] for w in plain]
+    nbytes = sum(w.numel() * w.element_size() for w in plain)
+    bw = read_bandwidth()
+    table = []
+    for m in tqdm([int(r) for r in rows.split(",")], desc="rows"):
+        xs = {i: torch.randn(m, i) for i in set(in_of)}
+        mkl, onednn = time_ms(plain, xs, in_of), time_ms(packed, xs, in_of)
+        table.append({"rows": m, "mkl_ms": mkl, "packed_ms": onednn, "packed_over_mkl":
+                      onednn / mkl, "bound_ms": 1e3 * nbytes / bw})
+    report = {"cpu": platform.processor() or platform.machine(), "cpu_model": _cpu_model(),
+              "threads": torch.get_num_threads(), "preset": preset, "layers": n_layers,
+              "weight_bytes": nbytes, "read_GBps": bw / 1e9, "rows": table}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(report, indent=1))
+    lines = [f"# matmul layout ({report['cpu_model']}, {report['threads']} threads, {preset}, "
+             f"{n_layers} layers, {nbytes / 1e6:.0f} MB fp32, read {bw / 1e9:.1f} GB/s)", "",
+             "`python -m benchmarks.matmul_layout`", "",
+             "| rows | F.linear (MKL) ms | oneDNN packed ms | packed / MKL | bound ms |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['rows']} | {r['mkl_ms']:.1f} | {r['packed_ms']:.1f} | "
+              f"{r['packed_over_mkl']:.2f} | {r['bound_ms']:.1f} |" for r in table]
+    Path(out).with_suffix(".md").write_text("\n".join(lines) + "\n")
+    click.echo("\n".join(lines))
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
+if __name__ == "__main__":
+    main()
