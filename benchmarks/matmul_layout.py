@@ -7,7 +7,8 @@ engine's layout, oneDNN's packed one (`models.llama.pack_weight`), per number of
 Every layer's four fused matmuls (q/k/v, o, gate/up, down), random fp32 weights of the
 preset's shapes, as many layers as the model has (so the weights stream from memory as in
 serving); milliseconds for all of them, median of 7 after 2 warm-ups, and the bandwidth
-bound (their bytes at the measured read bandwidth: a sum over 1 GiB, as `make bench`).
+bound (their bytes at the measured read bandwidth: a float32 sum over 1 GiB, as `make
+bench`; `experiments.gpu_decode.read_bandwidth`).
 Which layout wins depends on the CPU (an AMD EPYC and an Intel Xeon differ): the engine packs
 because packed wins from a few rows on.
 """
@@ -27,18 +28,7 @@ from tqdm import tqdm
 
 from blockllm.loaders.dummy import preset_config
 from blockllm.models.llama import linear, pack_weight
-
-
-def read_bandwidth() -> float:
-    """Bytes per second of a sum over 1 GiB of float32 (median of 10), as `make bench`."""
-    x = torch.ones(1 << 28)
-    x.sum()
-    times = []
-    for _ in range(10):
-        t = time.perf_counter()
-        x.sum()
-        times.append(time.perf_counter() - t)
-    return x.numel() * x.element_size() / statistics.median(times)
+from experiments.gpu_decode import read_bandwidth
 
 
 def layer_shapes(preset: str) -> tuple[list[tuple[int, int]], int]:
@@ -72,7 +62,7 @@ def main(preset: str, rows: str, out: str) -> None:
     packed = [pack_weight(w) for w in plain]
     in_of = [w.shape[1] for w in plain]
     nbytes = sum(w.numel() * w.element_size() for w in plain)
-    bw = read_bandwidth()
+    bw = read_bandwidth("cpu", gib=1.0, reps=10, dtype=torch.float32)["sum"]
     table = []
     for m in tqdm([int(r) for r in rows.split(",")], desc="rows"):
         xs = {i: torch.randn(m, i) for i in set(in_of)}

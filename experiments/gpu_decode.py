@@ -35,10 +35,12 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def read_bandwidth(device: str, gib: float = 2.0, reps: int = 20) -> dict[str, float]:
-    """Bytes per second moved over `gib` GiB, median of `reps`: `sum` reads it once; `copy`
-    reads and writes it (both counted). The roofline takes the higher: the stricter bound."""
-    x = torch.ones(int(gib * (1 << 30)) // 2, dtype=torch.float16, device=device)
+def read_bandwidth(device: str, gib: float = 2.0, reps: int = 20,
+                   dtype: torch.dtype = torch.float16) -> dict[str, float]:
+    """Bytes per second moved over `gib` GiB of `dtype` (float32 on a CPU, whose float16 sum
+    is not memory-bound), median of `reps`: `sum` reads it once; `copy` reads and writes it
+    (both counted). The roofline takes the higher: the stricter bound."""
+    x = torch.ones(int(gib * (1 << 30)) // dtype.itemsize, dtype=dtype, device=device)
     y = torch.empty_like(x)
     nbytes = x.numel() * x.element_size()
     out = {}
@@ -198,9 +200,8 @@ def main(out, preset, dtype, device, zoo_dir, new_tokens, saturate, modes, hf, n
         row["kernels"] = "triton" if gpu_kernels(dt) is not None else "torch"
         row["x_roofline"] = row["batch1_tpot_ms_p50"] / report["roofline_tpot_ms"]
         # fp16 sums in another order may flip a near-tie: how long the greedy tokens agree
-        row["tokens_agree_with_first_mode"] = _agree(report["engine"][0]["batch1_tokens"]
-                                                     if report["engine"] else
-                                                     row["batch1_tokens"], row["batch1_tokens"])
+        first = (report["engine"] or [row])[0]
+        row["tokens_agree_with_first_mode"] = _agree(first["batch1_tokens"], row["batch1_tokens"])
         report["engine"].append(row)
         click.echo(json.dumps({k: v for k, v in row.items() if k != "batch1_tokens"}),
                    err=True)
