@@ -105,16 +105,20 @@ def rope_qk_(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, n_heads: i
     return qkv
 
 
+_TILE = 4096
+
+
 @triton.jit
 def _paged_decode(q_ptr, k_ptr, v_ptr, tab_ptr, len_ptr, o_ptr, scale, n_tab,
                   stride_qb, stride_qh, stride_kp, stride_kt, stride_kh, stride_tb, stride_ob,
                   stride_oh, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, BD: tl.constexpr,
-                  PS: tl.constexpr):
-    """One (sequence, KV head): its G query heads over the sequence's pages, page by page,
-    with an online softmax in float32; the length is read from memory (a CUDA graph replays
-    it for any lengths)."""
+                  PS: tl.constexpr, BT: tl.constexpr):
+    """One (sequence, KV head): its G query heads over the sequence's pages, BT tokens of a
+    page at a time (the (GP, BT, BD) product stays a few thousand values whatever the GQA
+    group and page size, so it stays in registers), with an online softmax in float32; the
+    length is read from memory (a CUDA graph replays it for any lengths)."""
     b, kvh = tl.program_id(0), tl.program_id(1)
-    g, d, t = tl.arange(0, GP), tl.arange(0, BD), tl.arange(0, PS)
+    g, d, t = tl.arange(0, GP), tl.arange(0, BD), tl.arange(0, BT)
     gm, dm = g < G, d < D
     q_off = b * stride_qb + (kvh * G + g)[:, None] * stride_qh + d[None, :]
     q = tl.load(q_ptr + q_off, mask=gm[:, None] & dm[None, :], other=0.0).to(tl.float32)
@@ -124,19 +128,21 @@ def _paged_decode(q_ptr, k_ptr, v_ptr, tab_ptr, len_ptr, o_ptr, scale, n_tab,
     acc = tl.zeros((GP, BD), tl.float32)
     for p in range(0, tl.cdiv(length, PS)):
         page = tl.load(tab_ptr + b * stride_tb + p, mask=p < n_tab, other=0)
-        tm = p * PS + t < length
-        kv_off = page * stride_kp + t[:, None] * stride_kt + kvh * stride_kh + d[None, :]
-        kv_m = tm[:, None] & dm[None, :]
-        k = tl.load(k_ptr + kv_off, mask=kv_m, other=0.0).to(tl.float32)  # (PS, BD)
-        s = tl.sum(q[:, None, :] * k[None, :, :], axis=2) * scale  # (GP, PS)
-        s = tl.where(tm[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.exp(m_i - m_new)
-        pr = tl.exp(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(pr, axis=1)
-        v = tl.load(v_ptr + kv_off, mask=kv_m, other=0.0).to(tl.float32)
-        acc = acc * alpha[:, None] + tl.sum(pr[:, :, None] * v[None, :, :], axis=1)
-        m_i = m_new
+        for t0 in range(0, PS, BT):  # (a tile past the length is masked out: alpha 1, pr 0)
+            tok = t0 + t
+            tm = (tok < PS) & (p * PS + tok < length)
+            kv_off = page * stride_kp + tok[:, None] * stride_kt + kvh * stride_kh + d[None, :]
+            kv_m = tm[:, None] & dm[None, :]
+            k = tl.load(k_ptr + kv_off, mask=kv_m, other=0.0).to(tl.float32)  # (BT, BD)
+            s = tl.sum(q[:, None, :] * k[None, :, :], axis=2) * scale  # (GP, BT)
+            s = tl.where(tm[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            alpha = tl.exp(m_i - m_new)
+            pr = tl.exp(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(pr, axis=1)
+            v = tl.load(v_ptr + kv_off, mask=kv_m, other=0.0).to(tl.float32)
+            acc = acc * alpha[:, None] + tl.sum(pr[:, :, None] * v[None, :, :], axis=1)
+            m_i = m_new
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # (no KV at all: zeros)
     o_off = b * stride_ob + (kvh * G + g)[:, None] * stride_oh + d[None, :]
     tl.store(o_ptr + o_off, out.to(o_ptr.dtype.element_ty), mask=gm[:, None] & dm[None, :])
@@ -152,11 +158,14 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         k_cache.stride() == v_cache.stride(), "paged_decode: unexpected layout"
     ps, hkv = k_cache.shape[1], k_cache.shape[2]
     g = H // hkv
+    gp, bd = max(2, triton.next_power_of_2(g)), triton.next_power_of_2(D)
+    # tokens per tile: a (gp, bt, bd) product of at most _TILE values, as a page of 16 at GQA
+    # 1 and D 128 (Llama-2-7B), which compiles for sm_90 without spills; a whole page at GQA 8
+    # or a page of 128 tokens took 255 registers. Any page size: tokens past it are masked.
+    bt = min(triton.next_power_of_2(ps), max(2, _TILE // (gp * bd)))
     out = torch.empty((B, H, D), dtype=q.dtype, device=q.device)
     _paged_decode[(B, hkv)](q, k_cache, v_cache, tables, lens, out, scale, tables.shape[1],
                             q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
                             k_cache.stride(2), tables.stride(0), out.stride(0), out.stride(1),
-                            G=g,
-                            GP=max(2, triton.next_power_of_2(g)), D=D,
-                            BD=triton.next_power_of_2(D), PS=ps)
+                            G=g, GP=gp, D=D, BD=bd, PS=ps, BT=bt)
     return out

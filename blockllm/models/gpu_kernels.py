@@ -68,8 +68,10 @@ def check_kernels(mod, dev: torch.device, dtype: torch.dtype = torch.float32,
         qkv, cos, sin = rows(3, (heads + 2 * kv) * d), rand(3, d), rand(3, d)
         want = ops.torch_rope_qk_(qkv.clone(), cos, sin, heads, kv)
         close(mod.rope_qk_(qkv, cos, sin, heads, kv), want, f"rope_qk_ {heads}/{kv}/{d}")
-    # GQA, MHA, MQA, a Llama-2-7B layer's
-    for heads, kv, d, ps in ((4, 2, 16, 4), (3, 3, 8, 16), (4, 1, 32, 8), (32, 32, 128, 16)):
+    # GQA, MHA, MQA, a Llama-2-7B layer's; pages of several tiles (GQA 8, a page of 64 tokens,
+    # one of 24: not a power of two)
+    for heads, kv, d, ps in ((4, 2, 16, 4), (3, 3, 8, 16), (4, 1, 32, 8), (32, 32, 128, 16),
+                             (16, 2, 128, 64), (2, 2, 128, 24)):
         close(*_decode_pair(mod.paged_decode, rand, heads, kv, d, ps, dev),
               f"paged_decode {heads}/{kv}/{d} page {ps}")
 
