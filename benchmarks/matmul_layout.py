@@ -23,7 +23,6 @@ from pathlib import Path
 
 import click
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from blockllm.loaders.dummy import preset_config
@@ -45,7 +44,7 @@ def time_ms(weights: list[torch.Tensor], xs: dict[int, torch.Tensor], in_of: lis
     def once() -> float:
         t = time.perf_counter()
         for w, n_in in zip(weights, in_of, strict=True):
-            linear(xs[n_in], w) if w.is_mkldnn else F.linear(xs[n_in], w)
+            linear(xs[n_in], w)  # packed: oneDNN; plain: F.linear (MKL)
         return time.perf_counter() - t
     once(), once()
     return 1e3 * statistics.median(once() for _ in range(reps))

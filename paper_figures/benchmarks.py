@@ -25,8 +25,9 @@ def draw(results: Path, out_dir: Path) -> list[Path]:
     if (results / "bench_matmul_layout.json").exists():
         paths += matmul_layout(results / "bench_matmul_layout.json", out_dir)
     if not paths:
-        raise FileNotFoundError(f"no bench_serving.json or bench_sampling.json in {results}: "
-                                "run `python -m benchmarks.serving` or `.sampling` first")
+        raise FileNotFoundError(f"no bench_serving.json, bench_sampling.json or "
+                                f"bench_matmul_layout.json in {results}: run `python -m "
+                                "benchmarks.serving`, `.sampling` or `.matmul_layout` first")
     return paths
 
 
