@@ -49,18 +49,29 @@ def test_chat_prompt_logits_close(pair):
     torch.testing.assert_close(ours.prompt_logits(ids), theirs, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("pack", [True, False], ids=["packed", "plain"])
-def test_engine_batch_matches_generate(pair, embedded_source, tmp_path, pack):
-    """The serving engine on SmolLM2 (segments, the three prompts in one batch, weights in
-    oneDNN's layout as it serves on a CPU by default, or plain): transformers' greedy tokens."""
+@pytest.mark.parametrize("layout", ["packed", "skinny", "mkl"])
+def test_engine_batch_matches_generate(pair, embedded_source, tmp_path, layout, monkeypatch):
+    """The serving engine on SmolLM2 (segments, the three prompts in one batch): transformers'
+    greedy tokens, with each CPU matmul path: weights in oneDNN's layout (as served where the
+    skinny kernel is not built), plain with the skinny kernel for decode rows (as served on
+    AVX-512), plain through F.linear alone."""
+    from blockllm.kernels import skinny_linear
+    from blockllm.models import chain, llama
     from blockllm.runtime.config import EngineConfig
     from blockllm.runtime.engine import Engine
     from blockllm.zoo.ingest import add_source
     from blockllm.zoo.store import Zoo
+    if layout == "skinny" and skinny_linear() is None:
+        pytest.skip("skinny_linear not built with AVX-512 here")
+    if layout == "packed":
+        monkeypatch.setattr(chain, "skinny_linear", lambda: None)
+        assert chain.packable("cpu", torch.float32)
+    if layout == "mkl":
+        monkeypatch.setattr(llama, "skinny_linear", lambda: None)
     _, ref, tok = pair
     zoo = Zoo(tmp_path / "zoo")
     add_source(zoo, embedded_source, "m")
-    eng = Engine(zoo, ["m"], EngineConfig(pack_weights=pack))
+    eng = Engine(zoo, ["m"], EngineConfig(pack_weights=layout == "packed"))
     prompts = [tok.encode(t) for t in PROMPTS]
     got = eng.generate("m", prompts, 32, stop_ids=frozenset())
     assert got == [hf_greedy(ref, ids, 32) for ids in prompts]

@@ -5,7 +5,8 @@ cpp_extension, cached in its extensions folder, $TORCH_EXTENSIONS_DIR or
 * paged_attention.cpp: decode attention over a paged KV pool read in place;
 * layer_ops.cpp: a decoder layer's elementwise work fused (RMSNorm, residual add + RMSNorm,
   SiLU-and-mul, RoPE of q and k in place), as vLLM's CPU custom ops do;
-* lora_ops.cpp: the LoRA deltas of a batch mixing adapters, one op per fused matmul.
+* lora_ops.cpp: the LoRA deltas of a batch mixing adapters, one op per fused matmul;
+* linear_ops.cpp: the matmul of a decode step's few rows, at memory bandwidth.
 
 Where they cannot be built (no compiler) or are switched off (BLOCKLLM_NATIVE=0), `native()`
 is None and the model code takes its torch path (models.ops, models.attention).
@@ -25,7 +26,7 @@ import torch
 
 log = logging.getLogger(__name__)
 SOURCES = [Path(__file__).with_name(f) for f in ("paged_attention.cpp", "layer_ops.cpp",
-                                                  "lora_ops.cpp")]
+                                                  "lora_ops.cpp", "linear_ops.cpp")]
 
 
 def _cpu_id() -> str:
@@ -106,3 +107,15 @@ def paged_decode() -> Callable | None:
     or None where the kernels are not available."""
     ops = native()
     return None if ops is None else ops.paged_decode
+
+
+SKINNY_ROWS = 16  # rows up to which skinny_linear beats MKL and oneDNN (benchmarks.matmul_layout)
+
+
+@functools.cache
+def skinny_linear() -> Callable | None:
+    """torch.ops.blockllm.skinny_linear(x, w) -> x @ w.T for float32 x of at most 64 rows and a
+    plain (out, in) w, or None where the kernels are not available or were built without
+    AVX-512 (their generic loop is not known to beat BLAS: linear_ops.cpp)."""
+    ops = native()
+    return ops.skinny_linear if ops is not None and ops.skinny_linear_isa() == "avx512" else None

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from blockllm.errors import UserError
+from blockllm.kernels import skinny_linear
 from blockllm.models.attention import AttnBatch
 from blockllm.models.config import LlamaConfig
 from blockllm.models.kv_cache import KVLayout, KVPool, PageTable
@@ -65,12 +66,17 @@ def build_block(cfg: LlamaConfig, kind: str, tensors: dict[str, torch.Tensor], *
 
 
 def packable(device, dtype: torch.dtype) -> bool:
-    """oneDNN's packed layout serves CPU matmuls in float32, and in bfloat16 where the CPU
-    has oneDNN's bf16 path (AVX-512 BF16/VNNI or AVX-NE-CONVERT; not on AVX2-only CPUs)."""
+    """Whether CPU matmuls in `dtype` are faster with weights in oneDNN's packed layout:
+    bfloat16 where the CPU has oneDNN's bf16 path (AVX-512 BF16/VNNI or AVX-NE-CONVERT; not on
+    AVX2-only CPUs); float32 where the native skinny kernel is not built. Where it is (AVX-512),
+    float32 weights stay plain: a decode step's rows (up to SKINNY_ROWS) take that kernel, which
+    beat packed at every such row count, and longer steps take MKL, which ties packed at
+    128 rows (benchmarks.matmul_layout); the tied embedding then needs no packed copy."""
     if torch.device(device).type != "cpu":
         return False
-    return dtype == torch.float32 or (dtype == torch.bfloat16 and
-                                      torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if dtype == torch.float32:
+        return skinny_linear() is None
+    return dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 class ChainModel:
