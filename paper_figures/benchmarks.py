@@ -1,6 +1,6 @@
 """Benchmark figures: blockllm vs vLLM side by side (`python -m benchmarks.serving`), a head
 batch's sampling on the device vs per row on the host (`python -m benchmarks.sampling`), and
-CPU matmuls with plain vs packed weights (`python -m benchmarks.matmul_layout`).
+CPU matmuls by path: MKL, oneDNN packed, the skinny kernel (`python -m benchmarks.matmul_layout`).
 
     python -m paper_figures.benchmarks [results] [paper_figures/out]
 """
@@ -84,9 +84,10 @@ def matmul_layout(path: Path, out_dir: Path) -> list[Path]:
 
     r = json.loads(path.read_text())
     df = pd.DataFrame(r["rows"])
-    long = pd.concat([df.assign(layout="plain, F.linear (MKL)", ms=df["mkl_ms"]),
-                      df.assign(layout="oneDNN packed (the engine)", ms=df["packed_ms"])],
-                     ignore_index=True)
+    paths = [("plain, F.linear (MKL)", "mkl_ms"), ("oneDNN packed", "packed_ms"),
+             ("skinny kernel (native)", "skinny_ms")]
+    long = pd.concat([df.assign(layout=name, ms=df[col]) for name, col in paths
+                      if col in df and df[col].notna().any()], ignore_index=True)
     sns.set_theme(style="whitegrid")
     fig, ax = plt.subplots(figsize=(5, 3.4))
     sns.lineplot(long, x="rows", y="ms", hue="layout", marker="o", ax=ax)

@@ -29,7 +29,7 @@ def test_sampling_benchmark_writes_its_table_and_both_figures_draw(tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
 
 
-def test_matmul_layout_benchmark_times_both_layouts_and_its_figure_draws(tmp_path):
+def test_matmul_layout_benchmark_times_each_path_and_its_figure_draws(tmp_path):
     from benchmarks import matmul_layout
     out = tmp_path / "bench_matmul_layout.json"
     res = CliRunner().invoke(matmul_layout.main, ["--preset", "tiny", "--rows", "1,8",
@@ -41,5 +41,7 @@ def test_matmul_layout_benchmark_times_both_layouts_and_its_figure_draws(tmp_pat
         o * i for o, i in shapes)
     assert [x["rows"] for x in r["rows"]] == [1, 8]
     assert all(x["mkl_ms"] > 0 and x["packed_ms"] > 0 for x in r["rows"])
+    from blockllm.kernels import skinny_linear
+    assert all((x["skinny_ms"] is None) == (skinny_linear() is None) for x in r["rows"])
     paths = figures.matmul_layout(out, tmp_path / "fig")
     assert {p.name for p in paths} == {"bench_matmul_layout.png", "bench_matmul_layout.pdf"}
