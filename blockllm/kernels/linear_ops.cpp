@@ -4,9 +4,11 @@
 // matmul is bound by memory bandwidth, not arithmetic. BLAS and oneDNN are built for the other
 // case: on 2 Xeon cores (SmolLM2's 30 layers, fp32, 18.6 ms to read at 22.9 GB/s) MKL took
 // 20-36 ms for 1-4 rows and oneDNN's packed layout 28-30 ms. Here each weight row streams
-// through once, in its stored (out, in) layout, and is reused from L1 for every row of x:
-// a tile of 4 weight rows times up to 4 rows of x in 16 AVX-512 accumulators, then the next
-// 4 rows of x against the same (cached) tile. Output rows are split over torch's threads.
+// through once, in its stored (out, in) layout, and is reused from cache for every row of x:
+// a tile of 4 weight rows times up to 4 rows of x in 16 AVX-512 accumulators, the next tile
+// prefetched meanwhile; the next 4 rows of x then pass over the same 16 tiles, now in L2.
+// Output rows are split over torch's threads. Measured by benchmarks.matmul_layout: 1-4 rows
+// within 3-9% of the read-bandwidth bound on 2 Xeon cores; from ~16 rows compute-bound.
 //
 // Where the compiler has no AVX-512 (`-march=native` on an older CPU) the same loop order runs
 // in plain C++ and `skinny_linear_isa()` says "generic": the model code then keeps BLAS /
@@ -19,6 +21,7 @@
 #include <immintrin.h>
 #endif
 
+#include <algorithm>
 #include <string>
 
 namespace {
@@ -26,9 +29,8 @@ namespace {
 constexpr int64_t kTile = 4;       // weight rows per tile
 constexpr int64_t kMaxRows = 64;   // rows of x this op takes (it is meant for 1-16)
 constexpr int64_t kGrain = 64;     // output rows per task
-#ifndef PF
-#define PF 2
-#endif
+constexpr int64_t kPrefetchTiles = 1;  // the weights of the tile this far ahead are prefetched
+constexpr int64_t kBlock = 16;  // tiles whose weights stay in L2 while x's row groups pass
 
 #if defined(__AVX512F__)
 // (sum(a), sum(b), sum(c), sum(d)): per 128-bit lane, interleave and add pairwise, then add
@@ -52,12 +54,15 @@ inline void tile_avx512(const float* X, const float* W, float* Y, int64_t I, int
   for (int r = 0; r < kTile; ++r)
     for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_setzero_ps();
   const float* w0 = W + o0 * I;
+  // the next tile's weights are fetched while this one computes (this one's at the last)
+  const float* ahead = o0 + (kPrefetchTiles + 1) * kTile <= O ? w0 + kPrefetchTiles * kTile * I
+                                                               : w0;
   int64_t i = 0;
   for (; i + 16 <= I; i += 16) {
     __m512 xv[MB];
     for (int m = 0; m < MB; ++m) xv[m] = _mm512_loadu_ps(X + m * I + i);
     for (int r = 0; r < kTile; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(w0 + r * I + i + PF * kTile * I), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(ahead + r * I + i), _MM_HINT_T0);
       const __m512 wv = _mm512_loadu_ps(w0 + r * I + i);
       for (int m = 0; m < MB; ++m) acc[r][m] = _mm512_fmadd_ps(wv, xv[m], acc[r][m]);
     }
@@ -90,20 +95,27 @@ inline void tile_generic(const float* X, const float* W, float* Y, int64_t I, in
     }
 }
 
-inline void tile(const float* X, const float* W, float* Y, int64_t I, int64_t O, int64_t o0,
-                 int64_t M) {
+// tiles t0..t1 of y's columns, in blocks of kBlock tiles: each group of 4 rows of x runs over
+// a block's tiles before the next group does, so that group stays in L1 while the block's
+// weights (read from memory by the first group) stay in L2
+inline void tiles(const float* X, const float* W, float* Y, int64_t I, int64_t O, int64_t t0,
+                  int64_t t1, int64_t M) {
+  for (int64_t b = t0; b < t1; b += kBlock) {
+    const int64_t e = std::min(t1, b + kBlock);
 #if defined(__AVX512F__)
-  int64_t m = 0;
-  for (; m + 4 <= M; m += 4) tile_avx512<4>(X + m * I, W, Y + m * O, I, O, o0);
-  switch (M - m) {
-    case 3: tile_avx512<3>(X + m * I, W, Y + m * O, I, O, o0); break;
-    case 2: tile_avx512<2>(X + m * I, W, Y + m * O, I, O, o0); break;
-    case 1: tile_avx512<1>(X + m * I, W, Y + m * O, I, O, o0); break;
-    default: break;
-  }
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4)
+      for (int64_t t = b; t < e; ++t) tile_avx512<4>(X + m * I, W, Y + m * O, I, O, t * kTile);
+    for (int64_t t = b; t < e; ++t) switch (M - m) {
+        case 3: tile_avx512<3>(X + m * I, W, Y + m * O, I, O, t * kTile); break;
+        case 2: tile_avx512<2>(X + m * I, W, Y + m * O, I, O, t * kTile); break;
+        case 1: tile_avx512<1>(X + m * I, W, Y + m * O, I, O, t * kTile); break;
+        default: break;
+      }
 #else
-  tile_generic(X, W, Y, I, O, o0, kTile, M);
+    for (int64_t t = b; t < e; ++t) tile_generic(X, W, Y, I, O, t * kTile, kTile, M);
 #endif
+  }
 }
 
 // x (M, I), w (O, I), both float32 and contiguous -> y (M, O)
@@ -123,7 +135,7 @@ at::Tensor skinny_linear(const at::Tensor& x, const at::Tensor& w) {
   float* Y = y.data_ptr<float>();
   const int64_t full = O / kTile * kTile;
   at::parallel_for(0, full / kTile, kGrain / kTile, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) tile(X, W, Y, I, O, t * kTile, M);
+    tiles(X, W, Y, I, O, t0, t1, M);
   });
   if (full < O) tile_generic(X, W, Y, I, O, full, O - full, M);
   return y;
