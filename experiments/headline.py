@@ -134,10 +134,10 @@ def sim_rows(runs: Path) -> list[str]:
             return ["-", "-", "-"]
         return [f"{r['engine_warm_s']:.2f}", f"{r['sim_warm_s']:.2f}",
                 f"{r['engine_error_pct']:+.0f}%"]
-    return _table(["rate (req/s)", "quantile", "HTTP server (s)", "simulated (s)", "error",
-                   "warm engine (s)", "simulated (s)", "error"],
-                  [[f"{r['rate']:g}", r["quantile"], f"{r['real_s']:.2f}", f"{r['sim_s']:.2f}",
-                    f"{r['error_pct']:+.0f}%", *warm(r)]
+    return _table(["budget", "rate (req/s)", "quantile", "HTTP server (s)", "simulated (s)",
+                   "error", "warm engine (s)", "simulated (s)", "error"],
+                  [[r.get("budget") or "", f"{r['rate']:g}", r["quantile"], f"{r['real_s']:.2f}",
+                    f"{r['sim_s']:.2f}", f"{r['error_pct']:+.0f}%", *warm(r)]
                    for r in _json_rows(runs, "sim_validation")])
 
 

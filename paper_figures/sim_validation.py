@@ -17,8 +17,9 @@ def _rows(results: Path) -> list[dict]:
     [path] = largest_scale(results / "runs", "sim_validation", "json")
     rows = []
     for r in json.loads(path.read_text())["rows"]:
-        rows.append({"setting": "CPU, HTTP server", "q": r["quantile"], "real": r["real_s"],
-                     "sim": r["sim_s"]})
+        budget = f", {r['budget']}" if r.get("budget") else ""
+        rows.append({"setting": f"CPU, HTTP server{budget}", "q": r["quantile"],
+                     "real": r["real_s"], "sim": r["sim_s"]})
         if "engine_warm_s" in r:
             rows.append({"setting": "CPU, warm engine", "q": r["quantile"],
                          "real": r["engine_warm_s"], "sim": r["sim_warm_s"]})
