@@ -59,5 +59,10 @@ def test_linear_takes_the_kernel_for_decode_rows_only(monkeypatch):
         torch.testing.assert_close(llama.linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
     llama.linear(torch.randn(2, 32, dtype=torch.bfloat16), w.bfloat16())
     llama.linear(torch.randn(2, 32), llama.pack_weight(w))
-    assert calls == [1, SKINNY_ROWS]
+    llama.linear(torch.randn(2, 32, requires_grad=True), w)  # autograd: F.linear
+    x = torch.randn(32, 3).T  # a non-contiguous x is made contiguous for the kernel
+    torch.testing.assert_close(llama.linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
+    wt = torch.randn(32, 12).T  # a non-contiguous weight takes F.linear
+    torch.testing.assert_close(llama.linear(x, wt), F.linear(x, wt), rtol=1e-5, atol=1e-5)
+    assert calls == [1, SKINNY_ROWS, 3]
     assert not packable("cpu", torch.float32)  # float32 weights stay plain for the kernel

@@ -63,6 +63,12 @@ def test_engine_batch_matches_generate(pair, embedded_source, tmp_path, layout, 
     from blockllm.zoo.store import Zoo
     if layout == "skinny" and skinny_linear() is None:
         pytest.skip("skinny_linear not built with AVX-512 here")
+    calls = []
+    if layout == "skinny":  # the default config: packable() keeps the weights plain
+        kernel = skinny_linear()
+        monkeypatch.setattr(llama, "skinny_linear",
+                            lambda: lambda x, w: calls.append(len(x)) or kernel(x, w))
+        assert not chain.packable("cpu", torch.float32)
     if layout == "packed":
         monkeypatch.setattr(chain, "skinny_linear", lambda: None)
         assert chain.packable("cpu", torch.float32)
@@ -71,10 +77,12 @@ def test_engine_batch_matches_generate(pair, embedded_source, tmp_path, layout, 
     _, ref, tok = pair
     zoo = Zoo(tmp_path / "zoo")
     add_source(zoo, embedded_source, "m")
-    eng = Engine(zoo, ["m"], EngineConfig(pack_weights=layout == "packed"))
+    eng = Engine(zoo, ["m"], EngineConfig(pack_weights=layout != "mkl"))
     prompts = [tok.encode(t) for t in PROMPTS]
     got = eng.generate("m", prompts, 32, stop_ids=frozenset())
     assert got == [hf_greedy(ref, ids, 32) for ids in prompts]
+    if layout == "skinny":  # every decode step's matmuls went through the kernel
+        assert len(calls) >= 31 * 30 * 4  # at least 31 steps x 30 layers x 4 matmuls
 
 
 def test_serve_without_models_serves_the_embedded_model_to_the_openai_client(pair, tmp_path):

@@ -52,7 +52,8 @@ def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     if w.is_mkldnn:
         return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
     if x.dim() == 2 and x.shape[0] <= SKINNY_ROWS and x.dtype == w.dtype == torch.float32 \
-            and x.device.type == "cpu" and w.is_contiguous():
+            and x.device.type == "cpu" and w.is_contiguous() \
+            and not (x.requires_grad or w.requires_grad):  # the kernel has no autograd
         kernel = skinny_linear()
         if kernel is not None:
             return kernel(x.contiguous(), w)
