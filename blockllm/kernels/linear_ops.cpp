@@ -8,7 +8,7 @@
 // a tile of 4 weight rows times up to 4 rows of x in 16 AVX-512 accumulators, the next tile
 // prefetched meanwhile; the next 4 rows of x then pass over the same 16 tiles, now in L2.
 // Output rows are split over torch's threads. Measured by benchmarks.matmul_layout: 1-4 rows
-// within 3-9% of the read-bandwidth bound on 2 Xeon cores; from ~16 rows compute-bound.
+// at 0.95-1.07x the read-bandwidth bound on 2 Xeon cores; from ~16 rows compute-bound.
 //
 // Where the compiler has no AVX-512 (`-march=native` on an older CPU) the same loop order runs
 // in plain C++ and `skinny_linear_isa()` says "generic": the model code then keeps BLAS /
