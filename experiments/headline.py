@@ -69,7 +69,7 @@ def serving_rows(runs: Path, experiment: str, x: str, xlabel: str) -> list[str]:
             if r.get("tokens_off"):
                 off.append(f"{r['system']} at {x}={value:g}: {r['tokens_off']} requests")
             cells.append([where, f"{value:g}", r["system"], f"{r['e2e_p50']:.2f}",
-                          f"{r['e2e_p95']:.2f}", f"{r['ttft_p50']:.2f}",
+                          _ci(r), f"{r['ttft_p50']:.2f}",
                           f"{1000 * r['tpot_p50']:.0f}", f"{r['tokens_per_s']:.1f}",
                           f"{r['util_mean']:.2f}", f"{r['mem_peak'] / 2**30:.2f}",
                           vs_peer, vs_pm])
@@ -81,9 +81,48 @@ def serving_rows(runs: Path, experiment: str, x: str, xlabel: str) -> list[str]:
     if off:
         notes.append("**Unequal work** (generated another token count than asked; their "
                      "latencies do not compare): " + "; ".join(off))
-    return _table(["budget", xlabel, "system", "p50 e2e (s)", "p95 e2e (s)", "p50 TTFT (s)",
-                   "p50 TPOT (ms)", "tokens/s", "mean util", "peak mem (GiB)",
+    return _table(["budget", xlabel, "system", "p50 e2e (s)", "p95 e2e (s) (95% interval)",
+                   "p50 TTFT (s)", "p50 TPOT (ms)", "tokens/s", "mean util", "peak mem (GiB)",
                    "blockllm p95 vs best peer", "vs per_model"], cells) + notes
+
+
+def _has_ci(r) -> bool:
+    lo = r.get("e2e_p95_lo")
+    return lo is not None and lo == lo  # None, or NaN in a frame: under 2 requests answered
+
+
+def _ci(r) -> str:
+    """p95 e2e with its bootstrap 95% interval (experiments.summary.quantile_ci)."""
+    if not _has_ci(r):
+        return f"{r['e2e_p95']:.2f}"
+    return f"{r['e2e_p95']:.2f} ({r['e2e_p95_lo']:.2f}-{r['e2e_p95_hi']:.2f})"
+
+
+def against_full(full, r) -> str:
+    """The full system's p95 against a configuration's, where their intervals do not overlap;
+    where they do, this run does not tell them apart."""
+    if not (_has_ci(full) and _has_ci(r)):
+        return "no interval (under 2 requests answered)"
+    if r["e2e_p95_lo"] > full["e2e_p95_hi"] or r["e2e_p95_hi"] < full["e2e_p95_lo"]:
+        return _vs(full["e2e_p95"], r["e2e_p95"])
+    return "not told apart (intervals overlap)"
+
+
+def ablation_rows(runs: Path) -> list[str]:
+    """Every mechanism on, then one off: p95 e2e with its interval against the full system's."""
+    from experiments.configs.ablations import SYSTEMS
+    from experiments.summary import table
+    df = table(largest_scale(runs, "ablations", "jsonl")).set_index("system")
+    if "full" not in df.index:
+        raise ValueError("no run of the full system to compare with")
+    full = df.loc["full"]
+    cells = [[name, f"{r['e2e_p50']:.2f}", _ci(r), f"{1000 * r['tpot_p50']:.0f}",
+              f"{r['tokens_per_s']:.1f}", "" if name == "full" else against_full(full, r)]
+             for name, r in ((s, df.loc[s]) for s in SYSTEMS if s in df.index)]
+    return _table(["configuration", "p50 e2e (s)", "p95 e2e (s) (95% interval)",
+                   "p50 TPOT (ms)", "tokens/s", "full system's p95 vs this"], cells) + [
+        f"\n{int(full['requests'])} requests at {full['rate']:g} req/s (scale "
+        f"{full['scale']}); intervals: bootstrap over the run's requests"]
 
 
 def latency_rows(runs: Path) -> list[str]:
@@ -148,6 +187,7 @@ def headline(runs: Path) -> str:
                        lambda r: serving_rows(r, "scaling", "n_models", "models")),
                       ("Burstiness (experiment 6)",
                        lambda r: serving_rows(r, "burstiness", "cv", "CV")),
+                      ("Ablations (experiment 4)", ablation_rows),
                       ("Storage = memory to serve all variants (experiment 2)", footprint_rows),
                       ("Accuracy of the chains served with equivalence (experiment 3)",
                        accuracy_rows),

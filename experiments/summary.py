@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
@@ -41,7 +42,21 @@ def summarize(path: Path) -> dict:
     for col in ("ttft", "tpot", "e2e"):
         for q in (50, 95, 99):
             row[f"{col}_p{q}"] = float(ok[col].quantile(q / 100)) if len(ok) else None
+    row["e2e_p95_lo"], row["e2e_p95_hi"] = quantile_ci(ok["e2e"].to_numpy(), 0.95)
     return row
+
+
+def quantile_ci(values: np.ndarray, q: float, level: float = 0.95, n_boot: int = 2000,
+                seed: int = 0) -> tuple[float | None, float | None]:
+    """A bootstrap confidence interval of the q-quantile (percentile method, seeded): with the
+    few dozen requests of a cpu-small point, a p95 moves a lot between runs, and two systems
+    whose intervals overlap are not told apart by that run."""
+    if len(values) < 2:
+        return None, None
+    rng = np.random.default_rng(seed)
+    boot = np.quantile(values[rng.integers(0, len(values), (n_boot, len(values)))], q, axis=1)
+    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def table(paths: list[Path]) -> pd.DataFrame:

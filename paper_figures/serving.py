@@ -50,6 +50,7 @@ def draw_ablations(results: Path, out_dir: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import pandas as pd
     import seaborn as sns
 
     from experiments.configs.ablations import SYSTEMS
@@ -62,6 +63,11 @@ def draw_ablations(results: Path, out_dir: Path) -> list[Path]:
                                       ("ttft_p95", "p95 time to first token (s)"),
                                       ("tokens_per_s", "throughput (tokens/s)")]):
         sns.barplot(df, x="system", y=y, order=order, ax=ax, color="tab:blue")
+        if y == "e2e_p95":  # bootstrap 95% intervals (experiments.summary.quantile_ci)
+            d = df.set_index("system").loc[order]
+            lo, hi = (pd.to_numeric(d[c]) for c in ("e2e_p95_lo", "e2e_p95_hi"))
+            ax.errorbar(range(len(order)), d[y], fmt="none", ecolor="black", capsize=3,
+                        yerr=[(d[y] - lo).clip(lower=0), (hi - d[y]).clip(lower=0)])
         ax.set(xlabel="", ylabel=ylabel)
         ax.tick_params(axis="x", labelrotation=30, labelsize=8)
     axes[0].set_title("Ablations: every mechanism on, then one off")

@@ -90,6 +90,9 @@ def test_ray_actors_give_the_single_process_tokens(zoo4, ray_session, n, placeme
         pids = ray_session.get([h.actor.pid.remote() for h in eng.hosts])
         assert len(set(pids)) == n, "one actor process per device"
         assert {d.server for d in eng.cluster.devices} == {0}, "one Ray node: one server"
+        packs = ray_session.get([h.actor.packs.remote() for h in eng.hosts])
+        assert [h.packs for h in eng.hosts] == packs and all(isinstance(p, bool) for p in packs), \
+            "the engine charges memory by what each actor's own CPU decided"
     finally:
         eng.close()
 

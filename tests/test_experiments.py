@@ -155,3 +155,15 @@ def test_sim_validation_toy_compares_simulated_and_real_quantiles(toy_results):
     rows = json.loads(paths["sim_validation"][0].read_text())["rows"]
     assert {r["quantile"] for r in rows} == {"p50", "p95"} and len(rows) == 4  # 2 rates
     assert all(r["real_s"] > 0 and r["sim_s"] > 0 for r in rows)
+
+
+def test_headline_ablations_give_each_configuration_its_p95_interval(toy_results):
+    from experiments.configs.ablations import SYSTEMS
+    from experiments.headline import ablation_rows
+    results, _ = toy_results
+    rows = [r for r in ablation_rows(results / "runs") if r.startswith("| ")][1:]
+    assert [r.split(" | ")[0].strip("| ") for r in rows] == list(SYSTEMS)
+    for r in rows:  # p95 (lo-hi), the interval around the point
+        p95, interval = r.split(" | ")[2].split(" (")
+        lo, hi = (float(v) for v in interval.rstrip(")").split("-"))
+        assert lo <= float(p95) <= hi

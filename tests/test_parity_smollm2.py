@@ -78,6 +78,7 @@ def test_engine_batch_matches_generate(pair, embedded_source, tmp_path, layout, 
     zoo = Zoo(tmp_path / "zoo")
     add_source(zoo, embedded_source, "m")
     eng = Engine(zoo, ["m"], EngineConfig(pack_weights=layout != "mkl"))
+    assert [h.packs for h in eng.hosts] == [layout == "packed"]
     prompts = [tok.encode(t) for t in PROMPTS]
     got = eng.generate("m", prompts, 32, stop_ids=frozenset())
     assert got == [hf_greedy(ref, ids, 32) for ids in prompts]

@@ -194,3 +194,27 @@ def test_bad_replica_settings_are_named():
         EngineConfig(devices=2, replicas=3)
     with pytest.raises(ValueError, match="only of shared blocks"):
         EngineConfig(devices=2, replicas=2, share_blocks=False)
+
+
+def test_a_tied_embedding_is_charged_what_its_host_holds(tied_zoo):
+    """Each host decides on its own CPU whether it packs weights (a Ray actor may run on
+    another CPU): the engine charges a tied embedding's packed copy on a host that keeps one
+    and not on one that does not, also when the block moves between them."""
+    zoo, ref = tied_zoo
+    eng = Engine(zoo, zoo.models(), EngineConfig(devices=2))
+    try:
+        embed = eng.key("tbase", eng.chains["tbase"][0])
+        src = eng.where[embed]
+        dst = 1 - src
+        eng.hosts[src].packs, eng.hosts[dst].packs = False, True  # as two CPUs could report
+        plain = eng.weights.info[eng.entry_of[embed][0].block].nbytes
+        assert eng.generate("tbase", [PROMPTS[0]], N, stop_ids=frozenset())[0] == ref["tbase"][0]
+        assert eng.weights.residency(embed).size(embed) == plain
+        assert eng.hosts[src].workers[embed].module.packed is None
+        assert move(eng, embed, dst)
+        assert eng.weights.memory[dst].size(embed) == 2 * plain, "the packed copy is counted"
+        assert not eng.weights.memory[src].resident(embed)
+        assert eng.hosts[dst].workers[embed].module.packed is not None, "and really held"
+        assert eng.generate("tbase", [PROMPTS[1]], N, stop_ids=frozenset())[0] == ref["tbase"][1]
+    finally:
+        eng.close()

@@ -35,9 +35,9 @@ def build_block(cfg: LlamaConfig, kind: str, tensors: dict[str, torch.Tensor], *
                 n_layers: int = 0, device="cpu", dtype=torch.float32,
                 tied_embedding: torch.Tensor | None = None, pack: bool = False) -> nn.Module:
     """An nn.Module for a block, its weights moved (not copied twice) to device/dtype.
-    `pack`: matmul weights in oneDNN's layout where `packable` (models.llama.pack_weight): the
-    decoders' and an untied head's in place; a tied model's embedding keeps its rows for the
-    lookup and a packed copy for the logits."""
+    `pack`: matmul weights in oneDNN's layout (models.llama.pack_weight; callers decide with
+    `packable`, on the host that runs the block): the decoders' and an untied head's in place;
+    a tied model's embedding keeps its rows for the lookup and a packed copy for the logits."""
     with torch.device("meta"):
         if kind == "embed":
             mod = EmbeddingBlock(cfg)
@@ -52,7 +52,6 @@ def build_block(cfg: LlamaConfig, kind: str, tensors: dict[str, torch.Tensor], *
             raise ValueError(f"cannot build a module for block kind {kind!r}")
     state = {k: nn.Parameter(v.to(device, dtype), requires_grad=False) for k, v in tensors.items()}
     mod.load_state_dict(state, strict=True, assign=True)
-    pack = pack and packable(device, dtype)
     if kind == "decoder":
         mod.inv_freq = inv_frequencies(cfg).to(device)
         mod.fuse_(pack)

@@ -186,7 +186,7 @@ class EmbeddingBlock(nn.Module):
     def pack_(self) -> None:
         """Keep a copy of the matrix in oneDNN's layout for the tied heads that read it (CPU;
         see pack_weight): the lookup needs the plain rows, the logits the packed copy. Costs
-        the matrix's bytes twice (counted against the budget: Engine.sizes); measured on 2
+        the matrix's bytes twice (counted against the budget: Weights.weight_bytes); measured on 2
         cores, SmolLM2's logits at 8 rows 20.8 -> 7.3 ms."""
         self.packed = pack_weight(self.embed_tokens.weight)
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from blockllm.models.attention import AttnBatch
+from blockllm.models.chain import packable
 from blockllm.models.config import LlamaConfig
 from blockllm.models.kv_cache import KVLayout, KVPool
 from blockllm.models.lora import LoraAdapter
@@ -53,7 +54,9 @@ class LocalHost:
                  pack: bool = False, graphs: str = "off"):
         self.zoo = zoo if isinstance(zoo, Zoo) else Zoo(zoo)
         self.index, self.device, self.dtype = index, torch.device(device), getattr(torch, dtype)
-        self.pack = pack  # decoder weights in oneDNN's layout (CPU: EngineConfig.pack_weights)
+        # matmul weights in oneDNN's layout: EngineConfig.pack_weights where this host's own
+        # CPU is faster so (models.chain.packable); the engine charges memory by it
+        self.packs = pack and packable(self.device, self.dtype)
         self.graphs = graphs  # decode steps as CUDA graphs (EngineConfig.cuda_graphs)
         self.server = "local"  # the machine: every local host shares this process's links
         self.workers: dict[BlockKey, BlockWorker] = {}
@@ -95,7 +98,7 @@ class LocalHost:
 
     def _build(self, key: BlockKey, block, args: tuple) -> None:
         cfg, kv_pages, page_size = args
-        self.workers[key] = BlockWorker(cfg, block, self.device, self.dtype, self.pack,
+        self.workers[key] = BlockWorker(cfg, block, self.device, self.dtype, self.packs,
                                         self.graphs)
         if block.kind == "decoder" and key not in self.pools:
             self.pools[key] = new_pool(cfg, block.signature["n_layers"], kv_pages, page_size,

@@ -47,7 +47,7 @@ def move(engine, key: BlockKey, dst: int) -> bool:
     running = {b.key for b in engine.executor.inflight.values()}
     if any(k in running for k in group):
         return False
-    coming = {k: engine.weights.memory[engine.where[k]].size(k) for k in group
+    coming = {k: engine.weights.weight_bytes(k, dst) for k in group
               if engine.where[k] != dst and engine.weights.resident(k)}
     pinned = [engine.executor.inflight[dst].key] if dst in engine.executor.inflight else []
     try:
@@ -68,13 +68,14 @@ def _move_one(engine, key: BlockKey, dst: int, entry_model: tuple,
     old, new = engine.weights.memory[src], engine.weights.memory[dst]
     resident = old.resident(key)
     if resident:  # make: load on the new device before anything is freed on the old one
-        _, evict = new.plan({key: old.size(key)}, [k for k in pinned if k != key])
+        size = engine.weights.weight_bytes(key, dst)  # what dst's host will hold
+        _, evict = new.plan({key: size}, [k for k in pinned if k != key])
         for k in evict:
             engine.weights.evict(k)
         pages = engine.sched.kv.tables[key].num_pages if key in engine.sched.kv.tables else 0
         engine.hosts[dst].load(key, parts_of(entry), engine.models[model], pages,
                                engine.cfg.page_size)
-        new.add(key, old.size(key))
+        new.add(key, size)
     pool = engine.hosts[src].take_pool(key)
     if pool is not None:  # the KV of every request holding pages in this block goes along
         engine.hosts[dst].put_pool(key, *pool)

@@ -71,6 +71,10 @@ class _DeviceActor:
     def pid(self) -> int:
         return os.getpid()
 
+    def packs(self) -> bool:
+        """Whether this actor keeps packed weights: decided on its own CPU."""
+        return self.host.packs
+
     def node(self) -> str:
         """The Ray node this actor runs on: devices on one node share its fast links."""
         import ray
@@ -82,6 +86,7 @@ class RayHost:
 
     def __init__(self, actor, index: int, server: str = ""):
         self.actor, self.index, self.server = actor, index, server  # server: its Ray node
+        self.packs = False  # as LocalHost.packs, as the actor reports it (ray_hosts)
         self._loaded: set[BlockKey] = set()
 
     def load(self, key, parts, cfg, kv_pages=0, page_size=16, wait=True) -> None:
@@ -175,6 +180,8 @@ def ray_hosts(zoo_root: str, devices: list[str], dtype: str, address: str | None
         actor = actor_cls.remote(zoo_root, "cuda" if gpu else dev, dtype, i, threads, pack,
                                   graphs)
         hosts.append(RayHost(actor, i))
-    for h, node in zip(hosts, ray.get([h.actor.node.remote() for h in hosts]), strict=True):
-        h.server = node  # started (or raise now), and where
+    nodes = ray.get([h.actor.node.remote() for h in hosts])  # started (or raise now)
+    packs = ray.get([h.actor.packs.remote() for h in hosts])
+    for h, node, packed in zip(hosts, nodes, packs, strict=True):
+        h.server, h.packs = node, packed  # where, and what its weights cost there
     return hosts

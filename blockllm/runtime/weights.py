@@ -11,9 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-import torch
-
-from blockllm.models.chain import packable
 from blockllm.models.config import LlamaConfig
 from blockllm.runtime.batch_policy import batch_limit
 from blockllm.runtime.config import EngineConfig
@@ -33,19 +30,19 @@ class Weights:
         self.cfg, self.hosts, self.kv, self.counters = cfg, hosts, kv, counters
         self.where = where  # key -> device (the engine's: moves change it in place)
         self.entry_of, self.info, self.models = entry_of, info, models
-        self.dtype = getattr(torch, cfg.dtype)
         self.memory = [Residency(cfg.memory_budget) for _ in hosts]  # per device
         self.speculative: set[BlockKey] = set()  # loaded speculatively, not run yet
         self.limits: dict[BlockKey, int] = {}  # each block's batch limit in tokens
         self._curves: dict[str, list[tuple[int, float]]] = {}  # per block shape
 
-    def weight_bytes(self, key: BlockKey) -> int:
-        """Bytes `key`'s block holds on its device: its tensors, and for a tied model's
-        embedding with packed weights (CPU) the packed copy its heads' logits read."""
+    def weight_bytes(self, key: BlockKey, device: int | None = None) -> int:
+        """Bytes `key`'s block holds on `device` (default: its own): its tensors, and for a
+        tied model's embedding on a host that packs weights (CPU) the packed copy its heads'
+        logits read. The host says whether it packs: it decided on its own CPU."""
         entry, model = self.entry_of[key]
         row = self.info[entry.block]
-        if row.kind == "embed" and self.models[model].tie_word_embeddings and \
-                self.cfg.pack_weights and packable(self.cfg.device, self.dtype):
+        host = self.hosts[self.where[key] if device is None else device]
+        if row.kind == "embed" and self.models[model].tie_word_embeddings and host.packs:
             return 2 * row.nbytes
         return row.nbytes
 
