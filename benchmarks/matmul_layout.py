@@ -2,7 +2,7 @@
 plain weights through F.linear (MKL), oneDNN's packed layout (`models.llama.pack_weight`),
 and the native skinny kernel (kernels/linear_ops.cpp, AVX-512 builds; up to 64 rows).
 
-    python -m benchmarks.matmul_layout [--preset smollm2-135m] [--rows 1,2,4,8,16,32,128]
+    python -m benchmarks.matmul_layout [--preset smollm2-135m] [--rows 1,2,4,8,16,24,32,48,64,128]
                                        [--out results/bench_matmul_layout.json]
 
 Every layer's four fused matmuls (q/k/v, o, gate/up, down), random fp32 weights of the
@@ -55,7 +55,7 @@ def time_ms(weights: list[torch.Tensor], xs: dict[int, torch.Tensor], in_of: lis
 
 @click.command()
 @click.option("--preset", default="smollm2-135m", show_default=True)
-@click.option("--rows", default="1,2,4,8,16,32,128", show_default=True)
+@click.option("--rows", default="1,2,4,8,16,24,32,48,64,128", show_default=True)
 @click.option("--out", default="results/bench_matmul_layout.json", show_default=True)
 def main(preset: str, rows: str, out: str) -> None:
     torch.manual_seed(0)

@@ -45,3 +45,20 @@ def test_matmul_layout_benchmark_times_each_path_and_its_figure_draws(tmp_path):
     assert all((x["skinny_ms"] is None) == (skinny_linear() is None) for x in r["rows"])
     paths = figures.matmul_layout(out, tmp_path / "fig")
     assert {p.name for p in paths} == {"bench_matmul_layout.png", "bench_matmul_layout.pdf"}
+
+
+def test_skinny_rows_benchmark_keeps_the_tokens_across_limits(tmp_path):
+    """Limit 1 sends the 2-row decode steps to MKL, limit 32 to the skinny kernel: the
+    benchmark fails if their greedy tokens differ."""
+    import pytest
+
+    from blockllm.kernels import skinny_linear
+    if skinny_linear() is None:
+        pytest.skip("the skinny kernel needs AVX-512")
+    from benchmarks import skinny_rows
+    out = tmp_path / "bench_skinny_rows.json"
+    res = CliRunner().invoke(skinny_rows.main, ["--batches", "2", "--limits", "1,32",
+                                                "--tokens", "3", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    [row] = json.loads(out.read_text())["rows"]
+    assert row["requests"] == 2 and row["s_at_1"] > 0 and row["s_at_32"] > 0

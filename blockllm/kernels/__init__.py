@@ -109,7 +109,9 @@ def paged_decode() -> Callable | None:
     return None if ops is None else ops.paged_decode
 
 
-SKINNY_ROWS = 16  # rows up to which skinny_linear beats MKL and oneDNN (benchmarks.matmul_layout)
+# rows up to which skinny_linear beats MKL and oneDNN (benchmarks.matmul_layout, 2 Xeon cores:
+# 12-24% faster than MKL at 24-32 rows, tied at 48, slower at 64)
+SKINNY_ROWS = 32
 
 
 @functools.cache

@@ -69,7 +69,7 @@ def packable(device, dtype: torch.dtype) -> bool:
     bfloat16 where the CPU has oneDNN's bf16 path (AVX-512 BF16/VNNI or AVX-NE-CONVERT; not on
     AVX2-only CPUs); float32 where the native skinny kernel is not built. Where it is (AVX-512),
     float32 weights stay plain: a decode step's rows (up to SKINNY_ROWS) take that kernel, which
-    beat packed at every such row count, and longer steps take MKL, which ties packed at
+    beat or tied packed at every such row count, and longer steps take MKL, which ties packed at
     128 rows (benchmarks.matmul_layout); the tied embedding then needs no packed copy."""
     if torch.device(device).type != "cpu":
         return False
