@@ -210,8 +210,10 @@ BENCHMARKS = [("blockllm vs vLLM, driven by `vllm bench serve`", "bench_serving.
                "bench_streaming.md"),
               ("lm-evaluation-harness against the server (`python -m experiments.lm_eval_check`)",
                "lm_eval.md"),
-              ("Where decode steps leave the skinny kernel (`python -m benchmarks.skinny_rows`)",
-               "bench_skinny_rows.md"),
+              ("Decode steps in one native call per block (`python -m benchmarks.engine_decode "
+               "--knob fused`)", "bench_engine_decode-fused.md"),
+              ("Where decode steps leave the skinny kernel (`python -m benchmarks.engine_decode`)",
+               "bench_engine_decode-skinny_rows.md"),
               ("KV pages by sharing degree (`python -m benchmarks.kv_split`)",
                "bench_kv_split.md")]
 

@@ -47,18 +47,22 @@ def test_matmul_layout_benchmark_times_each_path_and_its_figure_draws(tmp_path):
     assert {p.name for p in paths} == {"bench_matmul_layout.png", "bench_matmul_layout.pdf"}
 
 
-def test_skinny_rows_benchmark_keeps_the_tokens_across_limits(tmp_path):
-    """Limit 1 sends the 2-row decode steps to MKL, limit 32 to the skinny kernel: the
-    benchmark fails if their greedy tokens differ."""
+def test_engine_decode_benchmark_keeps_the_tokens_across_settings(tmp_path):
+    """skinny_rows 1 sends the 2-row decode steps to MKL, 32 to the skinny kernel; fused off
+    runs them layer by layer in Python: the benchmark fails if the greedy tokens differ."""
     import pytest
 
     from blockllm.kernels import skinny_linear
     if skinny_linear() is None:
         pytest.skip("the skinny kernel needs AVX-512")
-    from benchmarks import skinny_rows
-    out = tmp_path / "bench_skinny_rows.json"
-    res = CliRunner().invoke(skinny_rows.main, ["--batches", "2", "--limits", "1,32",
-                                                "--tokens", "3", "--out", str(out)])
-    assert res.exit_code == 0, res.output
-    [row] = json.loads(out.read_text())["rows"]
-    assert row["requests"] == 2 and row["s_at_1"] > 0 and row["s_at_32"] > 0
+    from benchmarks import engine_decode
+    from blockllm.models import fused_decode, llama
+    for knob, values in (("skinny_rows", "1,32"), ("fused", "off,on")):
+        out = tmp_path / f"{knob}.json"
+        res = CliRunner().invoke(engine_decode.main, ["--knob", knob, "--values", values,
+                                                      "--batches", "2", "--tokens", "3",
+                                                      "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        [row] = json.loads(out.read_text())["rows"]
+        assert row["requests"] == 2 and all(s > 0 for s in row["seconds"].values())
+    assert llama.SKINNY_ROWS == 32 and fused_decode.ENABLED, "the defaults are restored"

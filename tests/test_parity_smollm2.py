@@ -49,26 +49,33 @@ def test_chat_prompt_logits_close(pair):
     torch.testing.assert_close(ours.prompt_logits(ids), theirs, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("layout", ["packed", "skinny", "mkl"])
+@pytest.mark.parametrize("layout", ["packed", "fused", "skinny", "mkl"])
 def test_engine_batch_matches_generate(pair, embedded_source, tmp_path, layout, monkeypatch):
     """The serving engine on SmolLM2 (segments, the three prompts in one batch): transformers'
-    greedy tokens, with each CPU matmul path: weights in oneDNN's layout (as served where the
-    skinny kernel is not built), plain with the skinny kernel for decode rows (as served on
-    AVX-512), plain through F.linear alone."""
+    greedy tokens, with each CPU path: weights in oneDNN's layout (as served where the skinny
+    kernel is not built); plain, each decode step through every layer in one native call (as
+    served on AVX-512); plain, layer by layer in Python with the skinny kernel for decode rows;
+    plain through F.linear alone."""
     from blockllm.kernels import skinny_linear
-    from blockllm.models import chain, llama
+    from blockllm.models import chain, fused_decode, llama
     from blockllm.runtime.config import EngineConfig
     from blockllm.runtime.engine import Engine
     from blockllm.zoo.ingest import add_source
     from blockllm.zoo.store import Zoo
-    if layout == "skinny" and skinny_linear() is None:
+    if layout in ("fused", "skinny") and skinny_linear() is None:
         pytest.skip("skinny_linear not built with AVX-512 here")
     calls = []
-    if layout == "skinny":  # the default config: packable() keeps the weights plain
+    if layout == "fused":  # the default config
+        kernel = fused_decode.decode_layers()
+        monkeypatch.setattr(fused_decode, "decode_layers",
+                            lambda: lambda x, *a: calls.append(len(x)) or kernel(x, *a))
+        assert not chain.packable("cpu", torch.float32)
+    if layout in ("skinny", "mkl"):
+        monkeypatch.setattr(fused_decode, "ENABLED", False)
+    if layout == "skinny":
         kernel = skinny_linear()
         monkeypatch.setattr(llama, "skinny_linear",
                             lambda: lambda x, w: calls.append(len(x)) or kernel(x, w))
-        assert not chain.packable("cpu", torch.float32)
     if layout == "packed":
         monkeypatch.setattr(chain, "skinny_linear", lambda: None)
         assert chain.packable("cpu", torch.float32)
@@ -82,6 +89,8 @@ def test_engine_batch_matches_generate(pair, embedded_source, tmp_path, layout, 
     prompts = [tok.encode(t) for t in PROMPTS]
     got = eng.generate("m", prompts, 32, stop_ids=frozenset())
     assert got == [hf_greedy(ref, ids, 32) for ids in prompts]
+    if layout == "fused":  # every decode step of the one segment was one call (and the
+        assert calls.count(len(PROMPTS)) >= 31  # engine's warm-up made some of its own)
     if layout == "skinny":  # every decode step's matmuls went through the kernel
         assert len(calls) >= 31 * 30 * 4  # at least 31 steps x 30 layers x 4 matmuls
 

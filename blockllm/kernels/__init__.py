@@ -26,7 +26,8 @@ import torch
 
 log = logging.getLogger(__name__)
 SOURCES = [Path(__file__).with_name(f) for f in ("paged_attention.cpp", "layer_ops.cpp",
-                                                  "lora_ops.cpp", "linear_ops.cpp")]
+                                                  "lora_ops.cpp", "linear_ops.cpp",
+                                                  "decode_layers.cpp")]
 
 
 def _cpu_id() -> str:
@@ -121,3 +122,10 @@ def skinny_linear() -> Callable | None:
     AVX-512 (their generic loop is not known to beat BLAS: linear_ops.cpp)."""
     ops = native()
     return ops.skinny_linear if ops is not None and ops.skinny_linear_isa() == "avx512" else None
+
+
+def decode_layers() -> Callable | None:
+    """torch.ops.blockllm.decode_layers: a float32 decode step through every layer of a
+    decoder block in one call (kernels/decode_layers.cpp), where the skinny kernel it uses is
+    built; None elsewhere (the Python path)."""
+    return None if skinny_linear() is None else native().decode_layers

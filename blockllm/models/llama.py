@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blockllm.kernels import SKINNY_ROWS, skinny_linear
-from blockllm.models import ops
+from blockllm.models import fused_decode, ops
 from blockllm.models.attention import AttnBatch, paged_attention
 from blockllm.models.config import LlamaConfig
 from blockllm.models.kv_cache import KVPool
@@ -215,6 +215,7 @@ class DecoderBlock(nn.Module):
         for layer in self.layers:
             layer.self_attn.fuse_(pack)
             layer.mlp.fuse_(pack)
+        self.__dict__.pop("_fused_weights", None)  # fused_decode's view of them
         return self
 
     def forward(self, x: torch.Tensor, pool: KVPool, batch: AttnBatch,
@@ -222,6 +223,9 @@ class DecoderBlock(nn.Module):
         cfg = self.cfg
         cos, sin = batch.rope(self.inv_freq, x.dtype,
                               (cfg.rope_theta, cfg.rope_scaling, cfg.head_dim))
+        fused = fused_decode.decode_step(self, x, cos, sin, pool, batch, lora, SKINNY_ROWS)
+        if fused is not None:  # a decode-only step on a CPU: every layer in one native call
+            return fused
         h, residual = x, None
         for j, layer in enumerate(self.layers):
             h, residual = layer(h, residual, cos, sin, pool, j, batch, lora)

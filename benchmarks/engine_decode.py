@@ -1,0 +1,90 @@
+"""The serving engine decoding N requests together (every decode step has N rows) on the
+embedded SmolLM2, under each setting of one knob, alternating, in one process:
+
+- `skinny_rows`: where a step's matmuls leave the skinny kernel for MKL (models.llama's
+  SKINNY_ROWS);
+- `fused`: a decode step through every layer of a block in one native call
+  (models.fused_decode) or layer by layer in Python.
+
+    python -m benchmarks.engine_decode [--knob skinny_rows] [--values 16,32]
+                                       [--batches 1,8,24,32] [--tokens 32]
+
+Seconds to generate `tokens` tokens for every request (prefill included, best of 3 rounds),
+written to results/bench_engine_decode-KNOB.{json,md}; the greedy tokens must be the same
+under every setting. `benchmarks.matmul_layout` has the matmuls alone.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from benchmarks.test_decode import PROMPT, _engine
+from blockllm.kernels import SKINNY_ROWS, skinny_linear
+from blockllm.loaders import load_source
+from blockllm.models import fused_decode, llama
+
+KNOBS = {  # knob -> (module, attribute, parse a value, its default)
+    "skinny_rows": (llama, "SKINNY_ROWS", int, SKINNY_ROWS),
+    "fused": (fused_decode, "ENABLED", lambda v: v == "on", fused_decode.ENABLED),
+}
+
+
+@click.command()
+@click.option("--knob", type=click.Choice(sorted(KNOBS)), default="skinny_rows",
+              show_default=True)
+@click.option("--values", default="16,32", show_default=True, help="fused: off,on")
+@click.option("--batches", default="8,24,32", show_default=True)
+@click.option("--tokens", default=32, show_default=True)
+@click.option("--out", default=None, help="default results/bench_engine_decode-KNOB.json")
+def main(knob: str, values: str, batches: str, tokens: int, out: str | None) -> None:
+    if skinny_linear() is None:
+        raise click.ClickException("the skinny kernel is not built here (needs AVX-512)")
+    module, attr, parse, default = KNOBS[knob]
+    settings = values.split(",")
+    out_path = Path(out or f"results/bench_engine_decode-{knob}.json")
+    src = load_source("embedded")
+    tok = src.load_tokenizer()
+    eng = _engine(src, Path(tempfile.mkdtemp()))
+    rows = []
+    try:
+        for n in tqdm([int(b) for b in batches.split(",")], desc="batches"):
+            prompts = [tok.encode(f"{PROMPT}, part {i}") for i in range(n)]
+            times: dict[str, list[float]] = {v: [] for v in settings}
+            want = None
+            for _ in range(3):
+                for v in settings:
+                    setattr(module, attr, parse(v))
+                    t = time.perf_counter()
+                    got = eng.generate("m", prompts, tokens, stop_ids=frozenset())
+                    times[v].append(time.perf_counter() - t)
+                    want = want or got
+                    assert got == want, f"tokens changed with {knob}={v}"
+            rows.append({"requests": n, "seconds": {v: min(times[v]) for v in settings}})
+    finally:
+        setattr(module, attr, default)
+        eng.close()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps({"knob": knob, "values": settings, "tokens": tokens,
+                                    "default": str(default), "rows": rows}, indent=1))
+    lines = [f"# {knob} in the engine", "",
+             f"`python -m benchmarks.engine_decode --knob {knob} --values {values}`: {tokens} "
+             f"tokens per request, all decoded together, best of 3; the same tokens under "
+             f"every setting (default {default})", "",
+             "| requests | " + " | ".join(f"{knob}={v} (s)" for v in settings) +
+             " | last / first |", "|---|" + "---|" * (len(settings) + 1)]
+    for r in rows:
+        t = [r["seconds"][v] for v in settings]
+        lines.append(f"| {r['requests']} | " + " | ".join(f"{x:.3f}" for x in t) +
+                     f" | {t[-1] / t[0]:.2f} |")
+    out_path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    click.echo("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

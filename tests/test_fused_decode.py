@@ -1,0 +1,77 @@
+"""A decode step through every layer of a decoder block in one native call
+(models.fused_decode, kernels/decode_layers.cpp) against the Python path, layer by layer: the
+same logits and the same KV pools, bit for bit; and the steps it must leave to Python."""
+
+import pytest
+import torch
+
+from blockllm.models import fused_decode, llama
+from blockllm.models.chain import ChainModel
+from blockllm.zoo.partition import partition
+from tests.conftest import tiny_source
+
+pytestmark = pytest.mark.skipif(fused_decode.decode_layers() is None,
+                                reason="the skinny kernel it uses needs AVX-512")
+PROMPTS = [[5, 17, 99], [3, 44, 7, 8, 21, 30, 2, 9, 11], [250, 9], [60, 61, 62, 63, 64]]
+
+
+def _chain(src) -> ChainModel:
+    blocks, chain = partition(src)
+    byid = {b.id: b for b in blocks}
+    return ChainModel(src.config, [(byid[e.block], None) for e in chain], page_size=4)
+
+
+def _run(src, steps: int, monkeypatch, fused: bool) -> tuple[list[torch.Tensor], list, int]:
+    """Prompts, then `steps` batched greedy decodes: the logits of each step, the pools, and
+    how many block calls the native path took."""
+    calls = []
+    kernel = fused_decode.decode_layers()
+    monkeypatch.setattr(fused_decode, "ENABLED", fused)
+    monkeypatch.setattr(fused_decode, "decode_layers",
+                        lambda: lambda x, *a: calls.append(len(x)) or kernel(x, *a))
+    model = _chain(src)
+    model.reserve(sum(len(p) for p in PROMPTS) + len(PROMPTS) * (steps + 4))
+    seqs = list(range(len(PROMPTS)))
+    out = [model.step(seqs, PROMPTS)]
+    for _ in range(steps):
+        out.append(model.step(seqs, [[int(t)] for t in out[-1].argmax(-1)]))
+    return out, [p.kv.clone() for p in model.pools], len(calls)
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(num_key_value_heads=4, tie_word_embeddings=True),
+                                       dict(num_hidden_layers=3, num_key_value_heads=1)],
+                         ids=["gqa", "mha-tied", "mqa-3-layers"])
+@pytest.mark.parametrize("skinny_rows", [32, 1], ids=["skinny", "mkl-beyond-1-row"])
+def test_one_call_per_block_equals_the_python_path_bit_for_bit(overrides, skinny_rows,
+                                                               monkeypatch):
+    monkeypatch.setattr(llama, "SKINNY_ROWS", skinny_rows)  # 1: 4 decode rows take MKL
+    src = tiny_source(seed=3, **overrides)
+    want, want_kv, none = _run(src, 6, monkeypatch, fused=False)
+    got, got_kv, calls = _run(src, 6, monkeypatch, fused=True)
+    assert none == 0 and calls == 6 * len(_chain(src).decoders), "decodes only, one per block"
+    for a, b in zip(want, got, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(want_kv, got_kv, strict=True):
+        assert torch.equal(a, b), "the same K/V written to the same slots"
+
+
+def test_mixed_steps_and_packed_weights_take_the_python_path(monkeypatch):
+    """A step with a prompt chunk beside decodes, or a block with packed weights: no native
+    call, and the step still runs. (LoRA steps are the engine tests'.)"""
+    from blockllm.models.llama import pack_weight
+    src = tiny_source(seed=4)
+    model = _chain(src)
+    model.reserve(64)
+    calls = []
+    kernel = fused_decode.decode_layers()
+    monkeypatch.setattr(fused_decode, "decode_layers",
+                        lambda: lambda x, *a: calls.append(len(x)) or kernel(x, *a))
+    first = model.step([0], [[5, 6, 7]])
+    model.step([0, 1], [[int(first.argmax())], [8, 9]])  # a decode and a prompt together
+    assert calls == []
+    for block in model.decoders:  # one packed matrix per layer is enough
+        for layer in block.layers:
+            layer.mlp.down_weight = pack_weight(layer.mlp.down_weight)
+        block.__dict__.pop("_fused_weights", None)
+    model.step([0, 1], [[1], [2]])
+    assert calls == [], "packed weights stay on the Python path"
