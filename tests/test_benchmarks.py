@@ -47,7 +47,7 @@ def test_matmul_layout_benchmark_times_each_path_and_its_figure_draws(tmp_path):
     assert {p.name for p in paths} == {"bench_matmul_layout.png", "bench_matmul_layout.pdf"}
 
 
-def test_engine_decode_benchmark_keeps_the_tokens_across_settings(tmp_path):
+def test_engine_decode_benchmark_keeps_the_tokens_across_settings(tmp_path, monkeypatch):
     """skinny_rows 1 sends the 2-row decode steps to MKL, 32 to the skinny kernel; fused off
     runs them layer by layer in Python: the benchmark fails if the greedy tokens differ."""
     import pytest
@@ -57,7 +57,11 @@ def test_engine_decode_benchmark_keeps_the_tokens_across_settings(tmp_path):
         pytest.skip("the skinny kernel needs AVX-512")
     from benchmarks import engine_decode
     from blockllm.models import fused_decode, llama
+    kernel, native_calls = fused_decode.decode_layers(), []
+    monkeypatch.setattr(fused_decode, "decode_layers",
+                        lambda: lambda *a: native_calls.append(1) or kernel(*a))
     for knob, values in (("skinny_rows", "1,32"), ("fused", "off,on")):
+        native_calls.clear()
         out = tmp_path / f"{knob}.json"
         res = CliRunner().invoke(engine_decode.main, ["--knob", knob, "--values", values,
                                                       "--batches", "2", "--tokens", "3",
@@ -65,4 +69,6 @@ def test_engine_decode_benchmark_keeps_the_tokens_across_settings(tmp_path):
         assert res.exit_code == 0, res.output
         [row] = json.loads(out.read_text())["rows"]
         assert row["requests"] == 2 and all(s > 0 for s in row["seconds"].values())
+        if knob == "fused":
+            assert native_calls, "fused=on ran the native path"
     assert llama.SKINNY_ROWS == 32 and fused_decode.ENABLED, "the defaults are restored"

@@ -67,11 +67,13 @@ def test_mixed_steps_and_packed_weights_take_the_python_path(monkeypatch):
     monkeypatch.setattr(fused_decode, "decode_layers",
                         lambda: lambda x, *a: calls.append(len(x)) or kernel(x, *a))
     first = model.step([0], [[5, 6, 7]])
-    model.step([0, 1], [[int(first.argmax())], [8, 9]])  # a decode and a prompt together
+    second = model.step([0, 1], [[int(first.argmax())], [8, 9]])  # a decode and a prompt
     assert calls == []
+    model.step([0, 1], [[int(t)] for t in second.argmax(-1)])  # decodes only: native
+    assert calls == [2] * len(model.decoders)
     for block in model.decoders:  # one packed matrix per layer is enough
         for layer in block.layers:
             layer.mlp.down_weight = pack_weight(layer.mlp.down_weight)
-        block.__dict__.pop("_fused_weights", None)
+        block.__dict__.pop("_fused_weights", None)  # what replaces a weight does
     model.step([0, 1], [[1], [2]])
-    assert calls == [], "packed weights stay on the Python path"
+    assert calls == [2] * len(model.decoders), "packed weights stay on the Python path"

@@ -18,20 +18,23 @@ ENABLED = True  # off: always the Python path (tests compare the two)
 
 def _weights(block) -> tuple[list[torch.Tensor], ...] | None:
     """Per layer: input norm, fused q/k/v, o, post-attention norm, fused gate/up, down; None
-    where a layer's matmul weights are not plain float32 (packed, unfused)."""
+    where a layer's matmul weights are not plain float32 (packed, unfused, trainable). Cached
+    on the block: the norms as their Parameters (a `.to()` swaps their data in place), the
+    fused matrices as `fuse_` left them; whatever replaces one drops the cache, as fuse_ does."""
     cached = block.__dict__.get("_fused_weights")
     if cached is not None:
         return cached or None
     rows = []
     for layer in block.layers:
         att, mlp = layer.self_attn, layer.mlp
-        ws = [layer.input_layernorm.weight, att.qkv_weight, att.o_weight,
-              layer.post_attention_layernorm.weight, mlp.gate_up_weight, mlp.down_weight]
+        ws = [layer.input_layernorm.weight, getattr(att, "qkv_weight", None),
+              getattr(att, "o_weight", None), layer.post_attention_layernorm.weight,
+              getattr(mlp, "gate_up_weight", None), getattr(mlp, "down_weight", None)]
         if any(w is None or w.is_mkldnn or w.dtype != torch.float32 or not w.is_contiguous()
-               for w in ws):
+               or w.requires_grad for w in ws):
             block.__dict__["_fused_weights"] = ()
             return None
-        rows.append([w.detach() for w in ws])
+        rows.append(ws)
     block.__dict__["_fused_weights"] = tuple(list(col) for col in zip(*rows, strict=True))
     return block.__dict__["_fused_weights"]
 
@@ -44,7 +47,8 @@ def decode_step(block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, po
             or x.requires_grad or not x.is_contiguous() or not batch.decodes \
             or batch.decode_rows is not None or batch.write_rows is not None \
             or batch.static_width is not None or len(batch.query_lens) != x.shape[0] \
-            or not (cos.is_contiguous() and sin.is_contiguous()) or not block.layers:
+            or not (cos.is_contiguous() and sin.is_contiguous()) or not block.layers \
+            or pool.kv.dtype != torch.float32 or pool.kv.device.type != "cpu":
         return None
     kernel = decode_layers()
     weights = _weights(block) if kernel is not None else None
