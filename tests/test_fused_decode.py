@@ -21,14 +21,19 @@ def _chain(src) -> ChainModel:
     return ChainModel(src.config, [(byid[e.block], None) for e in chain], page_size=4)
 
 
+def _count_calls(monkeypatch) -> list[int]:
+    """The rows of each native call from now on (the kernel still runs)."""
+    calls, kernel = [], fused_decode.decode_layers()
+    monkeypatch.setattr(fused_decode, "decode_layers",
+                        lambda: lambda x, *a: calls.append(len(x)) or kernel(x, *a))
+    return calls
+
+
 def _run(src, steps: int, monkeypatch, fused: bool) -> tuple[list[torch.Tensor], list, int]:
     """Prompts, then `steps` batched greedy decodes: the logits of each step, the pools, and
     how many block calls the native path took."""
-    calls = []
-    kernel = fused_decode.decode_layers()
     monkeypatch.setattr(fused_decode, "ENABLED", fused)
-    monkeypatch.setattr(fused_decode, "decode_layers",
-                        lambda: lambda x, *a: calls.append(len(x)) or kernel(x, *a))
+    calls = _count_calls(monkeypatch)
     model = _chain(src)
     model.reserve(sum(len(p) for p in PROMPTS) + len(PROMPTS) * (steps + 4))
     seqs = list(range(len(PROMPTS)))
@@ -62,10 +67,7 @@ def test_mixed_steps_and_packed_weights_take_the_python_path(monkeypatch):
     src = tiny_source(seed=4)
     model = _chain(src)
     model.reserve(64)
-    calls = []
-    kernel = fused_decode.decode_layers()
-    monkeypatch.setattr(fused_decode, "decode_layers",
-                        lambda: lambda x, *a: calls.append(len(x)) or kernel(x, *a))
+    calls = _count_calls(monkeypatch)
     first = model.step([0], [[5, 6, 7]])
     second = model.step([0, 1], [[int(first.argmax())], [8, 9]])  # a decode and a prompt
     assert calls == []
@@ -74,6 +76,6 @@ def test_mixed_steps_and_packed_weights_take_the_python_path(monkeypatch):
     for block in model.decoders:  # one packed matrix per layer is enough
         for layer in block.layers:
             layer.mlp.down_weight = pack_weight(layer.mlp.down_weight)
-        block.__dict__.pop("_fused_weights", None)  # what replaces a weight does
+        block.fused_weights = fused_decode.weight_lists(block)  # what replaces one does
     model.step([0, 1], [[1], [2]])
     assert calls == [2] * len(model.decoders), "packed weights stay on the Python path"

@@ -124,6 +124,7 @@ def skinny_linear() -> Callable | None:
     return ops.skinny_linear if ops is not None and ops.skinny_linear_isa() == "avx512" else None
 
 
+@functools.cache
 def decode_layers() -> Callable | None:
     """torch.ops.blockllm.decode_layers: a float32 decode step through every layer of a
     decoder block in one call (kernels/decode_layers.cpp), where the skinny kernel it uses is

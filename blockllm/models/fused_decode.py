@@ -16,27 +16,22 @@ from blockllm.models.kv_cache import KVPool
 ENABLED = True  # off: always the Python path (tests compare the two)
 
 
-def _weights(block) -> tuple[list[torch.Tensor], ...] | None:
-    """Per layer: input norm, fused q/k/v, o, post-attention norm, fused gate/up, down; None
-    where a layer's matmul weights are not plain float32 (packed, unfused, trainable). Cached
-    on the block: the norms as their Parameters (a `.to()` swaps their data in place), the
-    fused matrices as `fuse_` left them; whatever replaces one drops the cache, as fuse_ does."""
-    cached = block.__dict__.get("_fused_weights")
-    if cached is not None:
-        return cached or None
+def weight_lists(block) -> tuple[list[torch.Tensor], ...] | None:
+    """Per kind, one tensor per layer: input norm, fused q/k/v, o, post-attention norm, fused
+    gate/up, down (DecoderBlock.fuse_ keeps them); None where a layer's weights are not plain
+    float32 on a CPU (packed, unfused, trainable, another device or dtype). The norms are their
+    Parameters, so a `.to()` that swaps their data in place stays seen."""
     rows = []
     for layer in block.layers:
         att, mlp = layer.self_attn, layer.mlp
         ws = [layer.input_layernorm.weight, getattr(att, "qkv_weight", None),
               getattr(att, "o_weight", None), layer.post_attention_layernorm.weight,
               getattr(mlp, "gate_up_weight", None), getattr(mlp, "down_weight", None)]
-        if any(w is None or w.is_mkldnn or w.dtype != torch.float32 or not w.is_contiguous()
-               or w.requires_grad for w in ws):
-            block.__dict__["_fused_weights"] = ()
+        if any(w is None or w.is_mkldnn or w.dtype != torch.float32 or w.device.type != "cpu"
+               or not w.is_contiguous() or w.requires_grad for w in ws):
             return None
         rows.append(ws)
-    block.__dict__["_fused_weights"] = tuple(list(col) for col in zip(*rows, strict=True))
-    return block.__dict__["_fused_weights"]
+    return tuple(list(col) for col in zip(*rows, strict=True)) if rows else None
 
 
 def decode_step(block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pool: KVPool,
@@ -47,12 +42,11 @@ def decode_step(block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, po
             or x.requires_grad or not x.is_contiguous() or not batch.decodes \
             or batch.decode_rows is not None or batch.write_rows is not None \
             or batch.static_width is not None or len(batch.query_lens) != x.shape[0] \
-            or not (cos.is_contiguous() and sin.is_contiguous()) or not block.layers \
+            or not (cos.is_contiguous() and sin.is_contiguous()) \
             or pool.kv.dtype != torch.float32 or pool.kv.device.type != "cpu":
         return None
-    kernel = decode_layers()
-    weights = _weights(block) if kernel is not None else None
-    if weights is None:
+    kernel, weights = decode_layers(), block.fused_weights
+    if kernel is None or weights is None:
         return None
     cfg = block.cfg
     return kernel(x, *weights, pool.kv, batch.slots, batch.page_tables, batch.decode_lens, cos,

@@ -207,6 +207,7 @@ class DecoderBlock(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(n_layers))
+        self.fused_weights: tuple[list[torch.Tensor], ...] | None = None  # set by fuse_()
         self.register_buffer("inv_freq", inv_frequencies(cfg), persistent=False)
 
     def fuse_(self, pack: bool = False) -> DecoderBlock:
@@ -215,7 +216,7 @@ class DecoderBlock(nn.Module):
         for layer in self.layers:
             layer.self_attn.fuse_(pack)
             layer.mlp.fuse_(pack)
-        self.__dict__.pop("_fused_weights", None)  # fused_decode's view of them
+        self.fused_weights = fused_decode.weight_lists(self)  # for one-call decode steps
         return self
 
     def forward(self, x: torch.Tensor, pool: KVPool, batch: AttnBatch,
