@@ -49,18 +49,20 @@ def test_matmul_layout_benchmark_times_each_path_and_its_figure_draws(tmp_path):
 
 def test_engine_decode_benchmark_keeps_the_tokens_across_settings(tmp_path, monkeypatch):
     """skinny_rows 1 sends the 2-row decode steps to MKL, 32 to the skinny kernel; fused off
-    runs them layer by layer in Python: the benchmark fails if the greedy tokens differ."""
+    runs them layer by layer in Python; packed on builds an engine on oneDNN's packed weights
+    (no native decode calls): the benchmark fails if the greedy tokens differ."""
     import pytest
 
     from blockllm.kernels import skinny_linear
     if skinny_linear() is None:
-        pytest.skip("the skinny kernel needs AVX-512")
+        pytest.skip("the skinny kernel needs AVX-512 or AVX2")
     from benchmarks import engine_decode
     from blockllm.models import fused_decode, llama
-    kernel, native_calls = fused_decode.decode_layers(), []
+    from blockllm.runtime import hosts
+    packable, kernel, native_calls = hosts.packable, fused_decode.decode_layers(), []
     monkeypatch.setattr(fused_decode, "decode_layers",
                         lambda: lambda *a: native_calls.append(1) or kernel(*a))
-    for knob, values in (("skinny_rows", "1,32"), ("fused", "off,on")):
+    for knob, values in (("skinny_rows", "1,32"), ("fused", "off,on"), ("packed", "on")):
         native_calls.clear()
         out = tmp_path / f"{knob}.json"
         res = CliRunner().invoke(engine_decode.main, ["--knob", knob, "--values", values,
@@ -71,4 +73,7 @@ def test_engine_decode_benchmark_keeps_the_tokens_across_settings(tmp_path, monk
         assert row["requests"] == 2 and all(s > 0 for s in row["seconds"].values())
         if knob == "fused":
             assert native_calls, "fused=on ran the native path"
-    assert llama.SKINNY_ROWS == 32 and fused_decode.ENABLED, "the defaults are restored"
+        if knob == "packed":
+            assert not native_calls, "packed weights take the Python path"
+    assert llama.SKINNY_ROWS == 32 and fused_decode.ENABLED and hosts.packable is packable, \
+        "the defaults are restored"

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from blockllm.kernels import SKINNY_ROWS, native, skinny_linear
+from blockllm.kernels import SKINNY_ROWS, native, plain_onednn, skinny_linear
 from blockllm.models import llama
 from blockllm.models.chain import packable
 
@@ -45,10 +45,10 @@ def test_skinny_linear_says_what_it_does_not_take(x, w, message):
 
 def test_linear_takes_the_kernel_for_decode_rows_only(monkeypatch):
     """models.llama.linear: float32 rows up to SKINNY_ROWS against a plain weight go to the
-    kernel (where it was built with AVX-512); longer steps, other dtypes and packed weights
+    kernel (where built with AVX-512 or AVX2); longer steps, other dtypes and packed weights
     do not. Either way the product is x @ w.T."""
     if skinny_linear() is None:
-        pytest.skip("skinny_linear not built with AVX-512 here")
+        pytest.skip("skinny_linear not built with AVX-512 or AVX2 here")
     calls = []
     kernel = skinny_linear()
     monkeypatch.setattr(llama, "skinny_linear", lambda: lambda x, w: calls.append(len(x)) or
@@ -66,3 +66,17 @@ def test_linear_takes_the_kernel_for_decode_rows_only(monkeypatch):
     torch.testing.assert_close(llama.linear(x, wt), F.linear(x, wt), rtol=1e-5, atol=1e-5)
     assert calls == [1, SKINNY_ROWS, 3]
     assert not packable("cpu", torch.float32)  # float32 weights stay plain for the kernel
+
+
+@pytest.mark.parametrize("onednn", [False, True], ids=["mkl", "onednn"])
+def test_long_steps_take_either_library_with_the_same_product(monkeypatch, onednn):
+    """Rows beyond SKINNY_ROWS against a plain float32 weight: MKL (F.linear), or oneDNN on
+    the plain layout where the kernel is the AVX2 build (kernels.plain_onednn); both x @ w.T."""
+    if onednn and not torch.backends.mkldnn.is_available():
+        pytest.skip("torch built without oneDNN")
+    monkeypatch.setattr(llama, "plain_onednn", lambda: onednn)
+    g = torch.Generator().manual_seed(1)
+    x, w = torch.randn(SKINNY_ROWS + 9, 40, generator=g), torch.randn(24, 40, generator=g)
+    torch.testing.assert_close(llama.linear(x, w).double(), x.double() @ w.double().T,
+                               rtol=1e-5, atol=1e-4)
+    assert native().skinny_linear_isa() != "avx2" or plain_onednn()

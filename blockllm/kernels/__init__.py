@@ -110,18 +110,34 @@ def paged_decode() -> Callable | None:
     return None if ops is None else ops.paged_decode
 
 
-# rows up to which skinny_linear beats MKL and oneDNN (benchmarks.matmul_layout, 2 Xeon cores:
-# 12-24% faster than MKL at 24-32 rows, tied at 48, slower at 64)
+# rows up to which skinny_linear beats MKL and oneDNN on plain weights (benchmarks.matmul_layout,
+# 2 Xeon cores: 12-24% faster than MKL at 24-32 rows, tied at 48, slower at 64; 2 EPYC cores:
+# 14-30% faster than oneDNN on plain weights at 24-32 rows)
 SKINNY_ROWS = 32
+SKINNY_ISAS = ("avx512", "avx2")  # builds of linear_ops.cpp measured to beat BLAS / oneDNN
 
 
 @functools.cache
 def skinny_linear() -> Callable | None:
     """torch.ops.blockllm.skinny_linear(x, w) -> x @ w.T for float32 x of at most 64 rows and a
     plain (out, in) w, or None where the kernels are not available or were built without
-    AVX-512 (their generic loop is not known to beat BLAS: linear_ops.cpp)."""
+    AVX-512 or AVX2 (their generic loop is not known to beat BLAS: linear_ops.cpp)."""
     ops = native()
-    return ops.skinny_linear if ops is not None and ops.skinny_linear_isa() == "avx512" else None
+    return ops.skinny_linear if ops is not None and ops.skinny_linear_isa() in SKINNY_ISAS \
+        else None
+
+
+@functools.cache
+def plain_onednn() -> bool:
+    """Whether a float32 step longer than SKINNY_ROWS against a plain weight goes to oneDNN
+    (mkldnn linear on the plain layout) instead of F.linear's MKL sgemm: where the skinny
+    kernel is the AVX2 build. Measured on 2 AMD EPYC (Zen 3) cores, SmolLM2's 30 layers: 64
+    rows 158 -> 134 ms, 128 rows 256 -> 216 ms (oneDNN's packed layout: 114 and 195 ms, but
+    packed weights would cost the decode rows the kernel). AVX-512 Xeons keep MKL, which tied
+    the packed layout at 128 rows there."""
+    ops = native()
+    return ops is not None and torch.backends.mkldnn.is_available() \
+        and ops.skinny_linear_isa() == "avx2"
 
 
 @functools.cache

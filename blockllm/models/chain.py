@@ -67,10 +67,11 @@ def build_block(cfg: LlamaConfig, kind: str, tensors: dict[str, torch.Tensor], *
 def packable(device, dtype: torch.dtype) -> bool:
     """Whether CPU matmuls in `dtype` are faster with weights in oneDNN's packed layout:
     bfloat16 where the CPU has oneDNN's bf16 path (AVX-512 BF16/VNNI or AVX-NE-CONVERT; not on
-    AVX2-only CPUs); float32 where the native skinny kernel is not built. Where it is (AVX-512),
-    float32 weights stay plain: a decode step's rows (up to SKINNY_ROWS) take that kernel, which
-    beat or tied packed at every such row count, and longer steps take MKL, which ties packed at
-    128 rows (benchmarks.matmul_layout); the tied embedding then needs no packed copy."""
+    AVX2-only CPUs); float32 where the native skinny kernel is not built. Where it is (AVX-512
+    or AVX2), float32 weights stay plain: a decode step's rows (up to SKINNY_ROWS) take that
+    kernel, which beat or tied packed up to 24 rows on both CPUs measured, and longer steps take
+    MKL (AVX-512: tied with packed at 128 rows) or oneDNN on the plain layout (AVX2: 1.1x
+    packed at 128 rows) (benchmarks.matmul_layout); the tied embedding needs no packed copy."""
     if torch.device(device).type != "cpu":
         return False
     if dtype == torch.float32:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blockllm.kernels import SKINNY_ROWS, skinny_linear
+from blockllm.kernels import SKINNY_ROWS, plain_onednn, skinny_linear
 from blockllm.models import fused_decode, ops
 from blockllm.models.attention import AttnBatch, paged_attention
 from blockllm.models.config import LlamaConfig
@@ -48,15 +48,17 @@ def _linear(i: int, o: int) -> nn.Linear:
 def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x @ w.T, with `w` plain or packed by `pack_weight` (oneDNN's blocked layout). A decode
     step's few float32 rows against a plain weight on a CPU take the native kernel that reads
-    the weight at memory bandwidth (kernels/linear_ops.cpp), where it was built."""
+    the weight at memory bandwidth (kernels/linear_ops.cpp), where it was built; longer steps
+    take MKL, or oneDNN where the kernel is the AVX2 build (kernels.plain_onednn)."""
     if w.is_mkldnn:
         return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
-    if x.dim() == 2 and x.shape[0] <= SKINNY_ROWS and x.dtype == w.dtype == torch.float32 \
-            and x.device.type == "cpu" and w.is_contiguous() \
-            and not (x.requires_grad or w.requires_grad):  # the kernel has no autograd
+    if x.dim() == 2 and x.dtype == w.dtype == torch.float32 and x.device.type == "cpu" \
+            and w.is_contiguous() and not (x.requires_grad or w.requires_grad):  # no autograd
         kernel = skinny_linear()
-        if kernel is not None:
+        if kernel is not None and x.shape[0] <= SKINNY_ROWS:
             return kernel(x.contiguous(), w)
+        if plain_onednn():  # AVX2-only CPUs, where MKL is the slower path for long steps
+            return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
     return F.linear(x, w)
 
 
