@@ -206,6 +206,13 @@ def headline(runs: Path) -> str:
 BENCHMARKS = [("blockllm vs vLLM, driven by `vllm bench serve`", "bench_serving.md"),
               ("Decode at batch 1 against transformers and the bandwidth bound (`make bench`)",
                "bench_decode.md"),
+              ("The same on an AVX2-only CPU (AMD EPYC)", "bench_decode-epyc.md"),
+              ("Decoder matmuls by path and rows (`python -m benchmarks.matmul_layout`)",
+               "bench_matmul_layout.md"),
+              ("The same on an AVX2-only CPU (AMD EPYC)", "bench_matmul_layout-epyc.md"),
+              ("Packed weights (layer by layer) against plain ones (the kernel, one call per "
+               "block) on the AVX2 CPU (`python -m benchmarks.engine_decode --knob packed`)",
+               "bench_engine_decode-packed-epyc.md"),
               ("Streaming text work per token (`python -m benchmarks.streaming`)",
                "bench_streaming.md"),
               ("lm-evaluation-harness against the server (`python -m experiments.lm_eval_check`)",

@@ -22,8 +22,8 @@ def draw(results: Path, out_dir: Path) -> list[Path]:
         paths += serving(results / "bench_serving.json", out_dir)
     if (results / "bench_sampling.json").exists():
         paths += sampling(results / "bench_sampling.json", out_dir)
-    if (results / "bench_matmul_layout.json").exists():
-        paths += matmul_layout(results / "bench_matmul_layout.json", out_dir)
+    for path in sorted(results.glob("bench_matmul_layout*.json")):  # one per CPU measured
+        paths += matmul_layout(path, out_dir)
     if not paths:
         raise FileNotFoundError(f"no bench_serving.json, bench_sampling.json or "
                                 f"bench_matmul_layout.json in {results}: run `python -m "
@@ -84,8 +84,8 @@ def matmul_layout(path: Path, out_dir: Path) -> list[Path]:
 
     r = json.loads(path.read_text())
     df = pd.DataFrame(r["rows"])
-    paths = [("plain, F.linear (MKL)", "mkl_ms"), ("oneDNN packed", "packed_ms"),
-             ("skinny kernel (native)", "skinny_ms")]
+    paths = [("plain, F.linear (MKL)", "mkl_ms"), ("plain, oneDNN", "onednn_plain_ms"),
+             ("oneDNN packed", "packed_ms"), ("skinny kernel (native)", "skinny_ms")]
     long = pd.concat([df.assign(layout=name, ms=df[col]) for name, col in paths
                       if col in df and df[col].notna().any()], ignore_index=True)
     sns.set_theme(style="whitegrid")
@@ -96,7 +96,7 @@ def matmul_layout(path: Path, out_dir: Path) -> list[Path]:
            ylabel=f"ms for {r['layers']} layers' matmuls")
     ax.set_title(f"{r['preset']} fp32 on {r['cpu_model']}", fontsize=9)
     ax.legend(fontsize=8)
-    return save(fig, out_dir, "bench_matmul_layout")
+    return save(fig, out_dir, path.stem)
 
 
 if __name__ == "__main__":

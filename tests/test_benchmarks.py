@@ -40,7 +40,8 @@ def test_matmul_layout_benchmark_times_each_path_and_its_figure_draws(tmp_path):
     assert r["layers"] == layers and r["weight_bytes"] == 4 * layers * sum(
         o * i for o, i in shapes)
     assert [x["rows"] for x in r["rows"]] == [1, 8]
-    assert all(x["mkl_ms"] > 0 and x["packed_ms"] > 0 for x in r["rows"])
+    assert all(x["mkl_ms"] > 0 and x["packed_ms"] > 0 and x["onednn_plain_ms"] > 0
+               for x in r["rows"])
     from blockllm.kernels import skinny_linear
     assert all((x["skinny_ms"] is None) == (skinny_linear() is None) for x in r["rows"])
     paths = figures.matmul_layout(out, tmp_path / "fig")
