@@ -50,6 +50,8 @@ def _run(src, steps: int, monkeypatch, fused: bool) -> tuple[list[torch.Tensor],
 def test_one_call_per_block_equals_the_python_path_bit_for_bit(overrides, skinny_rows,
                                                                monkeypatch):
     monkeypatch.setattr(llama, "SKINNY_ROWS", skinny_rows)  # 1: 4 decode rows take MKL
+    for module in (llama, fused_decode):  # MKL beyond, as on AVX-512 CPUs (see the next test)
+        monkeypatch.setattr(module, "plain_onednn", lambda: False)
     src = tiny_source(seed=3, **overrides)
     want, want_kv, none = _run(src, 6, monkeypatch, fused=False)
     got, got_kv, calls = _run(src, 6, monkeypatch, fused=True)
@@ -58,6 +60,21 @@ def test_one_call_per_block_equals_the_python_path_bit_for_bit(overrides, skinny
         assert torch.equal(a, b)
     for a, b in zip(want_kv, got_kv, strict=True):
         assert torch.equal(a, b), "the same K/V written to the same slots"
+
+
+def test_long_steps_stay_in_python_where_they_take_onednn(monkeypatch):
+    """Where steps beyond SKINNY_ROWS take oneDNN on plain weights (AVX2 CPUs; the native
+    call has MKL only), such a decode step takes the Python path: the same logits either
+    way, and no native call for it."""
+    monkeypatch.setattr(llama, "SKINNY_ROWS", 1)
+    for module in (llama, fused_decode):
+        monkeypatch.setattr(module, "plain_onednn", lambda: True)
+    src = tiny_source(seed=3)
+    want, _, _ = _run(src, 3, monkeypatch, fused=False)
+    got, _, calls = _run(src, 3, monkeypatch, fused=True)
+    assert calls == 0
+    for a, b in zip(want, got, strict=True):
+        assert torch.equal(a, b)
 
 
 def test_mixed_steps_and_packed_weights_take_the_python_path(monkeypatch):

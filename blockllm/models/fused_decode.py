@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from blockllm.kernels import decode_layers
+from blockllm.kernels import decode_layers, plain_onednn
 from blockllm.models.attention import AttnBatch
 from blockllm.models.kv_cache import KVPool
 
@@ -43,7 +43,8 @@ def decode_step(block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, po
             or batch.decode_rows is not None or batch.write_rows is not None \
             or batch.static_width is not None or len(batch.query_lens) != x.shape[0] \
             or not (cos.is_contiguous() and sin.is_contiguous()) \
-            or pool.kv.dtype != torch.float32 or pool.kv.device.type != "cpu":
+            or pool.kv.dtype != torch.float32 or pool.kv.device.type != "cpu" \
+            or (x.shape[0] > skinny_rows and plain_onednn()):  # its long steps call MKL
         return None
     kernel, weights = decode_layers(), block.fused_weights
     if kernel is None or weights is None:
