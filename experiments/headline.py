@@ -204,6 +204,7 @@ def headline(runs: Path) -> str:
 
 
 BENCHMARKS = [("blockllm vs vLLM, driven by `vllm bench serve`", "bench_serving.md"),
+              ("The same on an AVX2-only CPU (AMD EPYC)", "bench_serving-epyc.md"),
               ("Decode at batch 1 against transformers and the bandwidth bound (`make bench`)",
                "bench_decode.md"),
               ("The same on an AVX2-only CPU (AMD EPYC)", "bench_decode-epyc.md"),

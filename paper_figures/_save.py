@@ -15,7 +15,7 @@ def save(fig, out_dir: Path, name: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.{ext}" for ext in ("png", "pdf")]
     for p in paths:
-        fig.savefig(p, dpi=130)
+        fig.savefig(p, dpi=130, bbox_inches="tight")  # keep axis labels inside the image
     plt.close(fig)
     return paths
 

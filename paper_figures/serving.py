@@ -40,6 +40,12 @@ def draw_lines(results: Path, out_dir: Path, experiment: str) -> list[Path]:
         sns.lineplot(df, x=x, y=y, hue="system", style=style, marker="o", ax=ax)
         ax.set(xlabel=xlabel, ylabel=ylabel)
     axes[0].set_title(title)
+    axes[0].set_yscale("log")  # peers that start servers on demand take minutes, ours ~1 s
+    for ax in axes[:2]:  # one legend, beside the last panel, clear of the lines
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    if axes[2].get_legend() is not None:
+        sns.move_legend(axes[2], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     if experiment == "scaling":
         axes[0].set_xscale("log", base=2)
     fig.tight_layout()
