@@ -56,20 +56,18 @@ def main(knob: str, values: str, batches: str, tokens: int, out: str | None) -> 
     out_path = Path(out or f"results/bench_engine_decode-{knob}.json")
     src = load_source("embedded")
     tok = src.load_tokenizer()
-    engines = {}
-    for v in settings if knob in REBUILD else settings[:1]:
-        setattr(module, attr, parse(v))
-        engines[v] = _engine(src, Path(tempfile.mkdtemp()))
-    setattr(module, attr, default)
-    rows = []
+    engines, rows = {}, []
     try:
+        for v in settings if knob in REBUILD else settings[:1]:
+            setattr(module, attr, parse(v))  # read while the engine is built
+            engines[v] = _engine(src, Path(tempfile.mkdtemp()))
         for n in tqdm([int(b) for b in batches.split(",")], desc="batches"):
             prompts = [tok.encode(f"{PROMPT}, part {i}") for i in range(n)]
             times: dict[str, list[float]] = {v: [] for v in settings}
             want = None
             for _ in range(3):
                 for v in settings:
-                    eng = engines.get(v, engines[settings[0]])
+                    eng = engines[v if knob in REBUILD else settings[0]]
                     if knob not in REBUILD:
                         setattr(module, attr, parse(v))
                     t = time.perf_counter()

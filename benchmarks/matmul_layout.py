@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from blockllm.kernels import SKINNY_ROWS, skinny_linear
 from blockllm.loaders.dummy import preset_config
-from blockllm.models.llama import linear, pack_weight
+from blockllm.models.llama import linear, onednn_linear, pack_weight
 from experiments.gpu_decode import read_bandwidth
 
 
@@ -72,7 +72,7 @@ def main(preset: str, rows: str, out: str) -> None:
     for m in tqdm([int(r) for r in rows.split(",")], desc="rows"):
         xs = {i: torch.randn(m, i) for i in set(in_of)}
         mkl, onednn = time_ms(plain, xs, in_of), time_ms(packed, xs, in_of, fn=linear)
-        plain_dnn = time_ms(plain, xs, in_of, fn=_onednn_plain)
+        plain_dnn = time_ms(plain, xs, in_of, fn=onednn_linear)
         skinny = time_ms(plain, xs, in_of, fn=kernel) if kernel and m <= 64 else None
         table.append({"rows": m, "mkl_ms": mkl, "onednn_plain_ms": plain_dnn,
                       "packed_ms": onednn, "skinny_ms": skinny,
@@ -103,10 +103,6 @@ def main(preset: str, rows: str, out: str) -> None:
               "plain weights on AVX2-only ones."]
     Path(out).with_suffix(".md").write_text("\n".join(lines) + "\n")
     click.echo("\n".join(lines))
-
-
-def _onednn_plain(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
 
 
 def _cpu_model() -> str:

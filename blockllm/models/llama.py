@@ -51,15 +51,20 @@ def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     the weight at memory bandwidth (kernels/linear_ops.cpp), where it was built; longer steps
     take MKL, or oneDNN where the kernel is the AVX2 build (kernels.plain_onednn)."""
     if w.is_mkldnn:
-        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+        return onednn_linear(x, w)
     if x.dim() == 2 and x.dtype == w.dtype == torch.float32 and x.device.type == "cpu" \
             and w.is_contiguous() and not (x.requires_grad or w.requires_grad):  # no autograd
         kernel = skinny_linear()
         if kernel is not None and x.shape[0] <= SKINNY_ROWS:
             return kernel(x.contiguous(), w)
         if plain_onednn():  # AVX2-only CPUs, where MKL is the slower path for long steps
-            return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
+            return onednn_linear(x, w)
     return F.linear(x, w)
+
+
+def onednn_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w.T through oneDNN, for `w` packed by `pack_weight` or plain (out, in)."""
+    return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")
 
 
 def pack_weight(w: torch.Tensor) -> torch.Tensor:
