@@ -94,10 +94,10 @@ class Scheduler:
              penalty: Callable[[BlockKey, Request], float]) -> BlockKey | None:
         """Which block runs next on `device` (None: on any device).
 
-        Shared blocks (blockllm) run in waves: the runnable queue whose head is at the
-        earliest chain position goes first, oldest first among equals. Requests that fell
-        behind catch up, so the requests at one position, of every model whose chain shares
-        that block, run as one batch. Without it, requests that arrive at random times drift
+        Shared blocks (blockllm) run in waves: the runnable queue whose head is furthest
+        behind in the wave goes first (`wave_places`), oldest first among equals. Requests
+        that fell behind catch up, so the requests at one position, of every model whose chain
+        shares that block, run as one batch. Without it, requests that arrive at random times drift
         apart and every token of every request costs its own pass through the chain
         (measured before this rule: TPOT 0.4-0.9 s on SmolLM2 where the lockstep per-model
         baseline had 0.07-0.1 s). A queue whose head has waited longer than `wave_wait_s`
@@ -111,18 +111,20 @@ class Scheduler:
         models about once a second, 118 model loads for 24 requests.)"""
         by_arrival = self.cfg.residency_unit == "model"
         now = time.perf_counter()
-        best, best_rank = None, None
+        heads = []  # (key, queued at, request): each queue's first runnable request
         for key, q in self.queues.items():
+            item = next(((t, r) for t, r in q if self.runnable(key, r)), None)
+            if item is not None:
+                heads.append((key, *item))
+        places = wave_places([(r.stage, len(r.keys)) for _, _, r in heads])
+        best, best_rank = None, None
+        for (key, t, req), place in zip(heads, places):
             if device is not None and device_of[key] != device:
                 continue
-            for t, req in q:
-                if not self.runnable(key, req):
-                    continue
-                rank = queue_rank(req.stage, t, req.arrival, penalty(key, req), now,
-                                  by_arrival, self.cfg.wave_wait_s)
-                if best_rank is None or rank < best_rank:
-                    best, best_rank = key, rank
-                break
+            rank = queue_rank(place, t, req.arrival, penalty(key, req), now, by_arrival,
+                              self.cfg.wave_wait_s)
+            if best_rank is None or rank < best_rank:
+                best, best_rank = key, rank
         return best
 
     def head(self, key: BlockKey) -> Request:
@@ -196,12 +198,39 @@ class Scheduler:
         self.preempt(victim)
 
 
-def queue_rank(stage: int, queued_at: float, arrival: float, penalty: float, now: float,
+def wave_places(heads: list[tuple[int, int]]) -> list[int]:
+    """The place in the wave of each queue, from (stage, chain length) of its head request:
+    0 runs first. Pure: the cluster simulator orders its queues with it too.
+
+    A pass is a cycle (embed, decoder blocks, head, then the embedding again for the next
+    token), so the rear of the wave is the occupied chain position right after the longest
+    run of empty ones; places count forward from it (a head is the position before the
+    embedding, whatever its chain's length). So a fresh request at the embedding waits for
+    the head call of the pass in flight and joins its next pass, instead of running its
+    prompt alone through the decoders while that pass's requests wait for their tokens
+    (measured on 2 cores at 2 req/s: a second prompt step in their time to first token).
+    Where requests sit at several positions mid-pass, the laggards run first, as before;
+    with every position occupied, or ties, the earliest position is the rear."""
+    if not heads:
+        return []
+    c = max(n for _, n in heads)
+    pos = [c - 1 if s == n - 1 else s for s, n in heads]
+    occupied = sorted(set(pos))
+    rear, widest = occupied[0], -1
+    for i, p in enumerate(occupied):
+        gap = p - (occupied[i - 1] if i else occupied[-1] - c) - 1  # empty positions before p
+        if gap > widest:
+            rear, widest = p, gap
+    return [(p - rear) % c for p in pos]
+
+
+def queue_rank(place: int, queued_at: float, arrival: float, penalty: float, now: float,
                by_arrival: bool, wave_wait_s: float) -> tuple:
-    """Sort key of a queue by its head request (smallest runs first); see `Scheduler.pick`.
-    Pure: the cluster simulator ranks its device queues with it too."""
+    """Sort key of a queue by its head request (smallest runs first), `place` its place in
+    the wave (`wave_places`); see `Scheduler.pick`. Pure: the cluster simulator ranks its
+    device queues with it too."""
     if by_arrival:
         return (0, 0, 0, arrival + penalty)
     if now - queued_at > wave_wait_s + penalty:
         return (0, 0, 0, queued_at)  # stalled: oldest first
-    return (1, penalty > 0, stage, queued_at)
+    return (1, penalty > 0, place, queued_at)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from blockllm.runtime.batch_policy import batch_limit
 from blockllm.runtime.placement import Cluster, Placement, route
-from blockllm.runtime.scheduler import queue_rank
+from blockllm.runtime.scheduler import queue_rank, wave_places
 
 
 def curve_time(curve: Sequence[tuple[int, float]], tokens: int) -> float:
@@ -125,8 +125,10 @@ def simulate(requests: Sequence[SimRequest], chains: Mapping[str, list[str]],
     def start_device(t: float, d: int) -> None:
         if free_at[d] > t or not any(queues[d].values()):
             return
-        block = min((queue_rank(q[0][2].stage, q[0][0], q[0][2].req.t, 0.0, t, False,
-                                wave_wait_s), b) for b, q in queues[d].items() if q)[1]
+        heads = [(e, b, q[0]) for e in range(n_dev) for b, q in queues[e].items() if q]
+        places = wave_places([(h[2].stage, len(chains[h[2].req.model])) for _, _, h in heads])
+        block = min((queue_rank(p, h[0], h[2].req.t, 0.0, t, False, wave_wait_s), b)
+                    for (e, b, h), p in zip(heads, places) if e == d)[1]
         q, batch, tokens = queues[d][block], [], 0
         while q and (not batch or tokens + q[0][2].pass_tokens <= limits[block]):
             _, _, st = q.pop(0)
