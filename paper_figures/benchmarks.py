@@ -1,6 +1,7 @@
 """Benchmark figures: blockllm vs vLLM side by side (`python -m benchmarks.serving`), a head
 batch's sampling on the device vs per row on the host (`python -m benchmarks.sampling`), and
-CPU matmuls by path: MKL, oneDNN packed, the skinny kernel (`python -m benchmarks.matmul_layout`).
+CPU matmuls by path: MKL, oneDNN packed, the skinny kernel (`python -m benchmarks.matmul_layout`),
+and one engine setting against another on a replayed trace (`python -m benchmarks.replay`).
 
     python -m paper_figures.benchmarks [results] [paper_figures/out]
 """
@@ -24,6 +25,8 @@ def draw(results: Path, out_dir: Path) -> list[Path]:
         paths += sampling(results / "bench_sampling.json", out_dir)
     for path in sorted(results.glob("bench_matmul_layout*.json")):  # one per CPU measured
         paths += matmul_layout(path, out_dir)
+    for path in sorted(results.glob("bench_replay-*.json")):
+        paths += replay(path, out_dir)
     if not paths:
         raise FileNotFoundError(f"no bench_serving.json, bench_sampling.json or "
                                 f"bench_matmul_layout.json in {results}: run `python -m "
@@ -97,6 +100,34 @@ def matmul_layout(path: Path, out_dir: Path) -> list[Path]:
     ax.set_title(f"{r['preset']} fp32 on {r['cpu_model']}", fontsize=9)
     ax.legend(fontsize=8)
     return save(fig, out_dir, path.stem)
+
+
+def replay(path: Path, out_dir: Path) -> list[Path]:
+    """Each round's latency quantiles per setting (points), and their medians (bars)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import pandas as pd
+    import seaborn as sns
+
+    r = json.loads(path.read_text())
+    df = pd.DataFrame(r["rows"])
+    names = {"ttft_p50": "TTFT p50", "ttft_p95": "TTFT p95", "e2e_p50": "end-to-end p50",
+             "e2e_p95": "end-to-end p95"}
+    long = pd.concat([df.assign(metric=label, seconds=df[m]) for m, label in names.items()],
+                     ignore_index=True)
+    long["setting"] = r["field"] + "=" + long["value"]
+    sns.set_theme(style="whitegrid")
+    g = sns.catplot(long, x="setting", y="seconds", col="metric", kind="bar", estimator="median",
+                    errorbar=None, alpha=0.5, height=2.8, aspect=0.8, sharey=False)
+    for ax, label in zip(g.axes.flat, names.values()):
+        sns.stripplot(long[long["metric"] == label], x="setting", y="seconds", ax=ax, color="k",
+                      size=3)
+    g.set_axis_labels("", "seconds")
+    g.set_titles("{col_name}")
+    g.figure.subplots_adjust(top=0.8)
+    g.figure.suptitle(f"{r['field']}: {r['rounds']} alternating replays at {r['rate']:g} req/s "
+                      f"({', '.join(r['models'])}); bars: medians")
+    return save(g.figure, out_dir, path.stem)
 
 
 if __name__ == "__main__":

@@ -78,3 +78,26 @@ def test_engine_decode_benchmark_keeps_the_tokens_across_settings(tmp_path, monk
             assert not native_calls, "packed weights take the Python path"
     assert llama.SKINNY_ROWS == 32 and fused_decode.ENABLED and hosts.packable is packable, \
         "the defaults are restored"
+
+
+def test_replay_benchmark_alternates_engines_on_one_trace_and_its_figure_draws(zoo4, tmp_path):
+    from benchmarks import replay
+    zoo, _ = zoo4
+    out = tmp_path / "bench_replay-wave_order.json"
+    args = ["--field", "wave_order", "--values", "chain,cycle", "--rate", "50", "--requests",
+            "4", "--rounds", "2", "--models", "base,ft", "--zoo", str(zoo.root),
+            "--prompt-len", "8", "--max-tokens", "3", "--out", str(out)]
+    res = CliRunner().invoke(replay.main, args)
+    assert res.exit_code == 0, res.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["round"], r["value"]) for r in rows] == [
+        (0, "chain"), (0, "cycle"), (1, "cycle"), (1, "chain")]
+    assert all(r["e2e_p95"] >= r["e2e_p50"] >= r["ttft_p50"] > 0 for r in rows)
+    assert "cycle / chain" in out.with_suffix(".md").read_text()
+    paths = figures.replay(out, tmp_path / "fig")
+    assert {p.name for p in paths} == {"bench_replay-wave_order.png",
+                                       "bench_replay-wave_order.pdf"}
+    bad = CliRunner().invoke(replay.main, [*args[:2], "--values", "chain,spiral"])
+    assert bad.exit_code != 0 and "wave_order is cycle or chain" in bad.output
+    bad = CliRunner().invoke(replay.main, ["--field", "warp", "--values", "1"])
+    assert bad.exit_code != 0 and "no field 'warp'" in bad.output

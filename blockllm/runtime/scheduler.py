@@ -116,7 +116,8 @@ class Scheduler:
             item = next(((t, r) for t, r in q if self.runnable(key, r)), None)
             if item is not None:
                 heads.append((key, *item))
-        places = wave_places([(r.stage, len(r.keys)) for _, _, r in heads])
+        places = wave_places([(r.stage, len(r.keys)) for _, _, r in heads],
+                             self.cfg.wave_order == "cycle")
         best, best_rank = None, None
         for (key, t, req), place in zip(heads, places):
             if device is not None and device_of[key] != device:
@@ -198,9 +199,10 @@ class Scheduler:
         self.preempt(victim)
 
 
-def wave_places(heads: list[tuple[int, int]]) -> list[int]:
+def wave_places(heads: list[tuple[int, int]], cycle: bool = True) -> list[int]:
     """The place in the wave of each queue, from (stage, chain length) of its head request:
-    0 runs first. Pure: the cluster simulator orders its queues with it too.
+    0 runs first. Pure: the cluster simulator orders its queues with it too. `cycle=False`
+    (EngineConfig.wave_order "chain", an ablation): the stage itself, earliest first.
 
     A pass is a cycle (embed, decoder blocks, head, then the embedding again for the next
     token), so the rear of the wave is the occupied chain position right after the longest
@@ -211,8 +213,8 @@ def wave_places(heads: list[tuple[int, int]]) -> list[int]:
     (measured on 2 cores at 2 req/s: a second prompt step in their time to first token).
     Where requests sit at several positions mid-pass, the laggards run first, as before;
     with every position occupied, or ties, the earliest position is the rear."""
-    if not heads:
-        return []
+    if not heads or not cycle:
+        return [s for s, _ in heads]
     c = max(n for _, n in heads)
     pos = [c - 1 if s == n - 1 else s for s, n in heads]
     occupied = sorted(set(pos))
