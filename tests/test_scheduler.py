@@ -29,10 +29,16 @@ def test_heads_of_chains_of_any_length_sit_just_before_the_embedding():
     assert wave_places([(2, 3), (0, 4)]) == [0, 1]
 
 
-def test_every_position_occupied_or_tied_gaps_fall_back_to_chain_order():
-    assert wave_places([(2, 3), (0, 3), (1, 3)]) == [2, 0, 1]
-    assert wave_places([(2, 4), (0, 4)]) == [2, 0]  # gaps of one either side: earliest first
+def test_tied_gaps_let_the_pass_further_along_come_round_and_full_cycles_run_in_order():
+    # a fresh request at the embedding, passes in flight at a private segment (stage 2 of 4):
+    # one empty position either side; the passes in flight finish first
+    assert wave_places([(0, 4), (2, 4)]) == [2, 0]
+    # x at a shared segment (stage 1), y at its head: y's head, then y's embedding, then the
+    # shared segment runs x and y together
+    assert wave_places([(1, 4), (3, 4)]) == [2, 0]
+    assert wave_places([(2, 3), (0, 3), (1, 3)]) == [2, 0, 1]  # every position: chain order
     assert wave_places([(1, 3)]) == [0] and wave_places([]) == []
+    assert wave_places([(0, 3), (2, 3)], cycle=False) == [0, 2]  # the ablation: chain order
 
 
 def test_rank_puts_stalled_queues_first_then_places():

@@ -211,17 +211,22 @@ def wave_places(heads: list[tuple[int, int]], cycle: bool = True) -> list[int]:
     the head call of the pass in flight and joins its next pass, instead of running its
     prompt alone through the decoders while that pass's requests wait for their tokens
     (measured on 2 cores at 2 req/s: a second prompt step in their time to first token).
-    Where requests sit at several positions mid-pass, the laggards run first, as before;
-    with every position occupied, or ties, the earliest position is the rear."""
+    Where requests sit at several positions mid-pass, the laggards run first, as before.
+    Between runs of empty positions of equal length, the later position is the rear: the
+    pass further along finishes and comes round to the others (a fresh request at the
+    embedding waits for the passes in flight at a private segment of a 4-position chain).
+    With every position occupied, the embedding is the rear (earliest position first)."""
     if not heads or not cycle:
         return [s for s, _ in heads]
     c = max(n for _, n in heads)
     pos = [c - 1 if s == n - 1 else s for s, n in heads]
     occupied = sorted(set(pos))
+    if len(occupied) == c:
+        return pos
     rear, widest = occupied[0], -1
     for i, p in enumerate(occupied):
         gap = p - (occupied[i - 1] if i else occupied[-1] - c) - 1  # empty positions before p
-        if gap > widest:
+        if gap >= widest:  # ties: the later position, the pass that is further along
             rear, widest = p, gap
     return [(p - rear) % c for p in pos]
 
