@@ -223,7 +223,11 @@ BENCHMARKS = [("blockllm vs vLLM, driven by `vllm bench serve`", "bench_serving.
               ("Where decode steps leave the skinny kernel (`python -m benchmarks.engine_decode`)",
                "bench_engine_decode-skinny_rows.md"),
               ("KV pages by sharing degree (`python -m benchmarks.kv_split`)",
-               "bench_kv_split.md")]
+               "bench_kv_split.md"),
+              ("The wave rule: a pass as a cycle against chain order, one model, replayed in "
+               "process (`python -m benchmarks.replay --field wave_order`)",
+               "bench_replay-wave_order.md"),
+              ("The same on base + 2 partial fine-tunes", "bench_replay-wave_order-partial.md")]
 
 
 def results_doc(results: Path, headline_text: str) -> str:
