@@ -38,6 +38,7 @@ SYSTEMS = {  # name -> the server command after `python`; every one takes --mode
     "no_kv_coordination": SERVE + ["--equivalence", "--no-kv-coordination"],
     "fixed_batch": SERVE + ["--equivalence", "--batch-tokens", "256"],  # one limit for all blocks
     "speculation": SERVE + ["--equivalence", "--speculate"],  # an opt-in mechanism, measured
+    "chain_waves": SERVE + ["--equivalence", "--wave-order", "chain"],  # the wave rule before
 }
 
 

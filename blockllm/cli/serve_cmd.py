@@ -48,6 +48,11 @@ from blockllm.units import parse_bytes
 @click.option("--speculate", is_flag=True,
               help="Load the blocks queued and running requests need next in the background "
                    "(speculative loads; off by default, see README).")
+@click.option("--wave-order", type=click.Choice(["cycle", "chain"]), default="cycle",
+              show_default=True,
+              help="Which block's queue runs first: cycle = the rear of the wave, a pass "
+                   "being a cycle; chain = ablation, the earliest chain position (the rule "
+                   "before; a fresh prompt then ran ahead of the head call of a pass).")
 @click.option("--batch-tokens", default=None, type=click.IntRange(1),
               help="Ablation: a fixed batch limit for every block instead of profiled ones.")
 @click.option("--equivalence", is_flag=True,
@@ -69,7 +74,8 @@ from blockllm.units import parse_bytes
 @user_errors
 def serve(zoo_dir, models, memory_budget, kv_budget, device, devices, backend, placement,
           servers, replicas, replan_every, ray_address, dtype, host, port, no_sharing,
-          no_kv_coordination, kv_by_sharing, speculate, batch_tokens, equivalence, pin_chain,
+          no_kv_coordination, kv_by_sharing, speculate, wave_order, batch_tokens, equivalence,
+          pin_chain,
           baseline, api_key, max_waiting, request_timeout, max_body):
     """Serve zoo models over HTTP (OpenAI API: /v1/completions, /v1/chat/completions)."""
     import uvicorn
@@ -88,7 +94,7 @@ def serve(zoo_dir, models, memory_budget, kv_budget, device, devices, backend, p
                            kv_by_sharing=kv_by_sharing,
                            use_equivalence=equivalence, max_waiting=max_waiting,
                            pinned_chains=_pins(pin_chain),
-                           speculate=speculate,
+                           speculate=speculate, wave_order=wave_order,
                            devices=devices, backend=backend, placement=placement,
                            replicas=replicas, replan_s=replan_every,
                            servers=_servers(servers),

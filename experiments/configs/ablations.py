@@ -4,7 +4,8 @@ each model's accuracy budget), then one mechanism off at a time, on one trace.
 
 The weight budget sits below the zoo's unique bytes, so what equivalence frees matters, and the
 KV budget is tight enough that reservations contend. "speculation" adds speculative block
-loads (runtime.speculation), off by default. Placement is ablated in the simulated cluster experiment
+loads (runtime.speculation), off by default; "chain_waves" the scheduler's wave rule before
+stop 29 (earliest chain position first; EngineConfig.wave_order). Placement is ablated in the simulated cluster experiment
 (`placement`): this machine is one device.
 """
 
@@ -17,7 +18,7 @@ from experiments.configs._serving import Point, budgets, run_points
 from experiments.workloads import WorkloadConfig
 
 SYSTEMS = ("full", "no_equivalence", "no_sharing", "no_kv_coordination", "fixed_batch",
-           "speculation")
+           "chain_waves", "speculation")
 
 
 @dataclass(frozen=True)
