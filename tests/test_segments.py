@@ -74,3 +74,30 @@ def test_engine_calls_per_token_at_most_its_segments(zoo4, cfg):
     per_pass = len(eng.chains["base"])
     assert per_pass == (3 if cfg.segments else 5)
     assert calls / tokens <= per_pass  # batching makes it less: requests share calls
+
+
+def test_one_decoder_profile_gives_every_segment_shape_its_limit(zoo4, monkeypatch):
+    """Segments of other layer counts take the measured curve scaled by their layers, so
+    none is profiled while serving (warm-up profiles the first shape that loads)."""
+    from blockllm.runtime.batch_policy import batch_limit
+    from blockllm.runtime.hosts import LocalHost
+    zoo, ref = zoo4
+    profiled, profile = [], LocalHost.profile
+    monkeypatch.setattr(LocalHost, "profile",
+                        lambda self, key: profiled.append(key) or profile(self, key))
+    eng = Engine(zoo, zoo.models(), EngineConfig())
+    eng.warm_up()
+    reqs = [(m, 0, eng.submit(m, PROMPTS[0], max_tokens=N, stop_ids=frozenset()))
+            for m in zoo.models()]
+    while eng.has_work():
+        eng.step()
+    check_tokens(eng, reqs, ref)
+    layers = {k: eng.info[eng.entry_of[k][0].block].signature["n_layers"]
+              for k in eng.sched.kv.tables}
+    assert len(set(layers.values())) > 1, "the zoo's segments have several layer counts"
+    [measured] = profiled
+    [(n, curve)] = eng.weights._measured.values()
+    assert n == layers[measured]
+    for k, n_k in layers.items():
+        scaled = [(t, s * n_k / n) for t, s in curve]
+        assert eng.weights.limits[k] == batch_limit(scaled)

@@ -34,6 +34,8 @@ class Weights:
         self.speculative: set[BlockKey] = set()  # loaded speculatively, not run yet
         self.limits: dict[BlockKey, int] = {}  # each block's batch limit in tokens
         self._curves: dict[str, list[tuple[int, float]]] = {}  # per block shape
+        self._measured: dict[tuple, tuple[int, list]] = {}  # decoder shape without its layer
+        #                                                     count -> (layers, curve) profiled
 
     def weight_bytes(self, key: BlockKey, device: int | None = None) -> int:
         """Bytes `key`'s block holds on `device` (default: its own): its tensors, and for a
@@ -146,5 +148,28 @@ class Weights:
             return 1 << 30
         shape = f"{row.kind}:{sorted(row.signature.items())}"
         if shape not in self._curves:  # one profile per block shape, not per block
-            self._curves[shape] = self.hosts[self.where[key]].profile(key)
+            self._curves[shape] = self._scaled(row) or self._profile(key, row)
         return batch_limit(self._curves[shape], self.cfg.latency_target_s)
+
+    def _profile(self, key: BlockKey, row: BlockRow) -> list[tuple[int, float]]:
+        curve = self.hosts[self.where[key]].profile(key)
+        if row.kind == "decoder":
+            self._measured[_layer_free(row)] = (row.signature["n_layers"], curve)
+        return curve
+
+    def _scaled(self, row: BlockRow) -> list[tuple[int, float]] | None:
+        """A decoder segment's curve from a measured one of the same layers in another number,
+        scaled by the ratio of layers (each layer costs alike; the knee, the batch limit without
+        a latency target, stays where it was); None if none was measured. So a segment that
+        loads on demand is not profiled in the serving path (measured on 2 EPYC cores: the
+        ablations' first requests waited 3-8 s while such segments were profiled)."""
+        if row.kind != "decoder" or _layer_free(row) not in self._measured:
+            return None
+        n, curve = self._measured[_layer_free(row)]
+        ratio = row.signature["n_layers"] / n
+        return [(tokens, seconds * ratio) for tokens, seconds in curve]
+
+
+def _layer_free(row: BlockRow) -> tuple:
+    """A decoder block's shape without its number of layers."""
+    return tuple(sorted((k, v) for k, v in row.signature.items() if k != "n_layers"))
