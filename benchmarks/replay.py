@@ -30,7 +30,8 @@ METRICS = ("ttft_p50", "ttft_p95", "tpot_p50", "e2e_p50", "e2e_p95")
 
 
 def parse(field: str, value: str):
-    """A value of the EngineConfig field, typed as its default is."""
+    """A value of the EngineConfig field: None, true/false for a flag, else a number where it
+    reads as one, else the text (EngineConfig checks the rest)."""
     default = {f.name: f.default for f in dataclasses.fields(EngineConfig)}.get(field, KeyError)
     if default is KeyError:
         raise click.BadParameter(f"EngineConfig has no field {field!r}")
@@ -40,7 +41,12 @@ def parse(field: str, value: str):
         if value not in ("true", "false"):
             raise click.BadParameter(f"{field} is true or false, not {value!r}")
         return value == "true"
-    return type(default)(value) if default is not None else int(value)
+    for number in (int, float):
+        try:
+            return number(value)
+        except ValueError:
+            pass
+    return value
 
 
 def make_trace(rate: float, n: int, models: list[str], prompt_len: int, max_tokens: int,
@@ -87,13 +93,14 @@ def main(field, values, rate, requests, rounds, models, zoo, prompt_len, max_tok
                                 **{field: parse(field, v)}) for v in settings}
     except ValueError as e:
         raise click.BadParameter(f"{field}: {e}", param_hint="--values") from e
-    vocab = min(Zoo(zoo).config(m).vocab_size for m in model_list)
+    store = Zoo(zoo)
+    vocab = min(store.config(m).vocab_size for m in model_list)
     trace, prompts = make_trace(rate, requests, model_list, prompt_len, max_tokens, vocab)
     warm = {"requests": trace["requests"][:6]}
     engines = {}
     try:
         for v in settings:
-            engines[v] = Engine(Zoo(zoo), model_list, cfgs[v])
+            engines[v] = Engine(store, model_list, cfgs[v])
             engines[v].warm_up()
             replay_engine(engines[v], warm, prompts)  # every kernel shape met once
         rows = []

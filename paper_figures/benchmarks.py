@@ -115,12 +115,11 @@ def replay(path: Path, out_dir: Path) -> list[Path]:
              "e2e_p95": "end-to-end p95"}
     long = pd.concat([df.assign(metric=label, seconds=df[m]) for m, label in names.items()],
                      ignore_index=True)
-    long["setting"] = long["value"]
     sns.set_theme(style="whitegrid")
-    g = sns.catplot(long, x="setting", y="seconds", col="metric", kind="bar", estimator="median",
+    g = sns.catplot(long, x="value", y="seconds", col="metric", kind="bar", estimator="median",
                     errorbar=None, alpha=0.5, height=2.8, aspect=0.8, sharey=False)
     for ax, label in zip(g.axes.flat, names.values()):
-        sns.stripplot(long[long["metric"] == label], x="setting", y="seconds", ax=ax, color="k",
+        sns.stripplot(long[long["metric"] == label], x="value", y="seconds", ax=ax, color="k",
                       size=3)
     g.set_axis_labels(r["field"], "seconds")
     g.set_titles("{col_name}")

@@ -75,8 +75,7 @@ from blockllm.units import parse_bytes
 def serve(zoo_dir, models, memory_budget, kv_budget, device, devices, backend, placement,
           servers, replicas, replan_every, ray_address, dtype, host, port, no_sharing,
           no_kv_coordination, kv_by_sharing, speculate, wave_order, batch_tokens, equivalence,
-          pin_chain,
-          baseline, api_key, max_waiting, request_timeout, max_body):
+          pin_chain, baseline, api_key, max_waiting, request_timeout, max_body):
     """Serve zoo models over HTTP (OpenAI API: /v1/completions, /v1/chat/completions)."""
     import uvicorn
 

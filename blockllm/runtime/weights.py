@@ -163,9 +163,10 @@ class Weights:
         a latency target, stays where it was); None if none was measured. So a segment that
         loads on demand is not profiled in the serving path (measured on 2 EPYC cores: the
         ablations' first requests waited 3-8 s while such segments were profiled)."""
-        if row.kind != "decoder" or _layer_free(row) not in self._measured:
+        measured = self._measured.get(_layer_free(row)) if row.kind == "decoder" else None
+        if measured is None:
             return None
-        n, curve = self._measured[_layer_free(row)]
+        n, curve = measured
         ratio = row.signature["n_layers"] / n
         return [(tokens, seconds * ratio) for tokens, seconds in curve]
 

@@ -5,8 +5,8 @@ each model's accuracy budget), then one mechanism off at a time, on one trace.
 The weight budget sits below the zoo's unique bytes, so what equivalence frees matters, and the
 KV budget is tight enough that reservations contend. "speculation" adds speculative block
 loads (runtime.speculation), off by default; "chain_waves" the scheduler's wave rule before
-stop 29 (earliest chain position first; EngineConfig.wave_order). Placement is ablated in the simulated cluster experiment
-(`placement`): this machine is one device.
+stop 29 (earliest chain position first; EngineConfig.wave_order). Placement is ablated in the
+simulated cluster experiment (`placement`): this machine is one device.
 """
 
 from __future__ import annotations
