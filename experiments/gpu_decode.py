@@ -83,9 +83,14 @@ def _read_bytes(src) -> int:
 
 
 def _run(eng, prompts: list[list[int]], n: int) -> list:
+    """The requests, run to their length; a block call that failed (the engine ends its
+    requests with the reason, and serves on) is raised here with that reason."""
     reqs = [eng.submit("m", p, max_tokens=n, stop_ids=frozenset()) for p in prompts]
     while eng.has_work():
         eng.step()
+    bad = [r.finish_reason for r in reqs if r.finish_reason != "length"]
+    if bad:
+        raise RuntimeError(f"{len(bad)} of {len(reqs)} requests failed: {bad[0]}")
     return reqs
 
 
@@ -130,6 +135,7 @@ def engine_row(eng, mode: str, n: int, saturate: int, reps: int = 3) -> dict:
                        "util_samples": len(util), "sampler": sampler.kind},
         "graph_captures": sum(g.captures for g in _graphs(eng)),
         "graph_replays": sum(g.replays for g in _graphs(eng)),
+        "block_failures": eng.counters["block_failures"],
     }
 
 
@@ -165,7 +171,10 @@ def hf_tpot_ms(src, dtype: torch.dtype, device: str, n: int) -> float:
               "uncaptured (a CPU smoke test); '+torch': BLOCKLLM_TRITON=0.")
 @click.option("--hf/--no-hf", default=True, help="Time transformers generate() too.")
 @click.option("--name", default="gpu_decode", show_default=True, help="Output file stem.")
-def main(out, preset, dtype, device, zoo_dir, new_tokens, saturate, modes, hf, name):
+@click.option("--bandwidth-gib", default=2.0, show_default=True,
+              help="GiB read to measure the device's bandwidth.")
+def main(out, preset, dtype, device, zoo_dir, new_tokens, saturate, modes, hf, name,
+         bandwidth_gib):
     from blockllm.models.gpu_kernels import gpu_kernels
     from blockllm.runtime.config import EngineConfig
     from blockllm.runtime.engine import Engine
@@ -174,7 +183,7 @@ def main(out, preset, dtype, device, zoo_dir, new_tokens, saturate, modes, hf, n
         raise click.UsageError("no CUDA device here: run this on a GPU machine")
     dt = getattr(torch, dtype)
     t0 = time.perf_counter()
-    bws = read_bandwidth(device)
+    bws = read_bandwidth(device, bandwidth_gib)
     bw = max(bws.values())
     zoo, src = _zoo(Path(zoo_dir), preset, dt, device)
     click.echo(f"zoo ready {time.perf_counter() - t0:.0f}s", err=True)
@@ -193,14 +202,22 @@ def main(out, preset, dtype, device, zoo_dir, new_tokens, saturate, modes, hf, n
         graphs, kernels = mode.split("+") if "+" in mode else (mode, "triton")
         os.environ["BLOCKLLM_TRITON"] = "1" if kernels == "triton" else "0"
         gpu_kernels.cache_clear()
+        for h in eng.hosts:  # a worker rebuilt after a failure takes the mode's graphs too
+            h.graphs = {"graphs": "auto", "uncaptured": "uncaptured"}.get(graphs, "off")
         for w in (w for h in eng.hosts for w in h.workers.values() if w.kind == "decoder"):
             w.graphs = DecodeGraphs(w.module, w.device, graphs == "graphs") \
                 if graphs in ("graphs", "uncaptured") else None
-        row = engine_row(eng, mode, new_tokens, saturate)
+        try:
+            row = engine_row(eng, mode, new_tokens, saturate)
+        except RuntimeError as e:  # this mode's calls failed: say why, measure the others
+            report["engine"].append({"mode": mode, "error": str(e)})
+            click.echo(f"{mode}: {e}", err=True)
+            _write(report, out, name)
+            continue
         row["kernels"] = "triton" if gpu_kernels(dt) is not None else "torch"
         row["x_roofline"] = row["batch1_tpot_ms_p50"] / report["roofline_tpot_ms"]
         # fp16 sums in another order may flip a near-tie: how long the greedy tokens agree
-        first = (report["engine"] or [row])[0]
+        first = next((r for r in report["engine"] if "error" not in r), row)
         row["tokens_agree_with_first_mode"] = _agree(first["batch1_tokens"], row["batch1_tokens"])
         report["engine"].append(row)
         click.echo(json.dumps({k: v for k, v in row.items() if k != "batch1_tokens"}),
@@ -215,7 +232,9 @@ def main(out, preset, dtype, device, zoo_dir, new_tokens, saturate, modes, hf, n
         click.echo(f"transformers {report['transformers_tpot_ms']:.2f} ms", err=True)
     report["wall_s"] = time.perf_counter() - t0
     _write(report, out, name)
-    click.echo(json.dumps(report, indent=1))
+    click.echo(json.dumps({**report, "engine": [{k: v for k, v in r.items()
+                                                  if k != "batch1_tokens"}
+                                                 for r in report["engine"]]}, indent=1))
 
 
 def _agree(a: list[int], b: list[int]) -> int:

@@ -188,35 +188,6 @@ def _blocks(chain) -> list:
     return [p for e in chain for p in (e.parts if isinstance(e, Segment) else (e,))]
 
 
-def test_a_failing_block_ends_its_batch_frees_its_kv_and_the_engine_keeps_serving(zoo4):
-    """A worker that raises mid-batch (as a dying device would): its requests end with an error
-    naming the block, their KV pages are freed, the worker is reloaded, the rest is exact."""
-    zoo, ref = zoo4
-    eng = Engine(zoo, zoo.models(), EngineConfig())
-    for m, p in [("base", PROMPTS[0]), ("other", PROMPTS[1])]:
-        eng.submit(m, p, max_tokens=2, stop_ids=frozenset())
-    while eng.has_work():
-        eng.step()  # every block loaded once
-    key = eng.key("base", eng.chains["base"][1])  # a segment base shares with ft and lora
-
-    def broken(*a, **k):
-        raise RuntimeError("device lost")
-    workers = eng.hosts[0].workers
-    workers[key].run = broken
-    hit = eng.submit("base", PROMPTS[0], max_tokens=N, stop_ids=frozenset())
-    other = eng.submit("other", PROMPTS[1], max_tokens=N, stop_ids=frozenset())
-    while eng.has_work():
-        eng.step()
-    assert hit.finish_reason.startswith("error: block") and "device lost" in hit.finish_reason
-    assert other.output == ref["other"][1]
-    assert eng.counters["block_failures"] == 1 and key not in workers  # dropped
-    assert all(eng.sched.kv.used_pages(k) == 0 for k in eng.sched.kv.tables), "no KV pages leak"
-    again = eng.submit("base", PROMPTS[0], max_tokens=N, stop_ids=frozenset())
-    while eng.has_work():
-        eng.step()
-    assert again.output == ref["base"][0] and workers[key].run != broken  # reloaded
-
-
 @pytest.mark.parametrize("segments", [True, False])
 def test_kv_pools_stay_within_the_kv_budget_whatever_the_layers_per_block(tmp_path, segments):
     """Each pool holds every layer of its block (or segment): the budget counts them all."""
@@ -295,36 +266,6 @@ def test_kv_pages_follow_sharing_and_admit_more_requests(zoo4):
         for m, i, r in reqs:
             assert r.output == ref[m][i], (m, i, by_sharing)
     assert peak[True] > peak[False], peak
-
-
-def test_a_slow_block_read_does_not_stop_other_models(zoo4, monkeypatch):
-    """A block loaded on demand is read on a background thread: while another model's block
-    takes a second to read, the resident model's requests keep getting tokens."""
-    import time
-
-    from blockllm.runtime.hosts import LocalHost
-    zoo, ref = zoo4
-    slow = {e.block for e in zoo.chain("other")}
-    read = LocalHost._read
-
-    def slow_read(self, rows):
-        if any(r.id in slow for r in rows):
-            time.sleep(1.0)
-        return read(self, rows)
-    monkeypatch.setattr(LocalHost, "_read", slow_read)
-    eng = Engine(zoo, ["base", "other"], EngineConfig(device=DEVICE))
-    base = eng.submit("base", PROMPTS[0], max_tokens=200, stop_ids=frozenset())
-    while len(base.output) < 2:
-        eng.step()
-    other = eng.submit("other", PROMPTS[1], max_tokens=N, stop_ids=frozenset())
-    t0 = time.perf_counter()
-    while eng.has_work():
-        eng.step()
-    first_other = other.token_times[0]
-    during = [t for t in base.token_times if t0 < t < first_other]
-    assert first_other - t0 > 1.0, "other's blocks were read slowly"
-    assert len(during) >= 20, f"base got {len(during)} tokens while other's blocks were read"
-    assert base.output[:N] == ref["base"][0] and other.output == ref["other"][1]
 
 
 def test_a_shared_block_s_call_serves_every_model_that_shares_it(zoo4, monkeypatch):

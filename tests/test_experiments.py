@@ -167,3 +167,23 @@ def test_headline_ablations_give_each_configuration_its_p95_interval(toy_results
         p95, interval = r.split(" | ")[2].split(" (")
         lo, hi = (float(v) for v in interval.rstrip(")").split("-"))
         assert lo <= float(p95) <= hi
+
+
+def test_gpu_decode_smoke_runs_on_a_cpu_and_reports_each_mode(tmp_path):
+    """experiments/gpu_decode.py (the GPU check, run where a GPU is lent) end to end on a CPU
+    with a tiny model: each mode's row, the roofline ratio, the modes' greedy tokens agree."""
+    from click.testing import CliRunner
+
+    from experiments.gpu_decode import main
+    res = CliRunner().invoke(main, [
+        "--device", "cpu", "--preset", "tiny", "--dtype", "float32", "--no-hf",
+        "--modes", "uncaptured+torch,eager+torch", "--new-tokens", "6", "--saturate", "3",
+        "--bandwidth-gib", "0.125", "--zoo", str(tmp_path / "zoo"), "--out", str(tmp_path),
+        "--name", "smoke"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "smoke.json").read_text())
+    rows = report["engine"]
+    assert [r["mode"] for r in rows] == ["uncaptured+torch", "eager+torch"]
+    assert all("error" not in r and r["block_failures"] == 0 for r in rows), rows
+    assert all(r["x_roofline"] > 0 and r["tokens_agree_with_first_mode"] == 6 for r in rows)
+    assert "batch1_tokens" not in res.output  # the printed summary leaves the token lists out

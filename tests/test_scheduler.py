@@ -1,6 +1,8 @@
 """The scheduler's wave rule: which block's queue runs next, exactly, as pure values and in
 the engine (the order its block calls run in)."""
 
+import pytest
+
 from blockllm.runtime.config import EngineConfig
 from blockllm.runtime.engine import Engine
 from blockllm.runtime.scheduler import queue_rank, wave_places
@@ -49,11 +51,15 @@ def test_rank_puts_stalled_queues_first_then_places():
         queue_rank(0, fresh, 0, 0.0, 10.5, False, 1.0)
 
 
-def test_engine_runs_the_head_then_one_embedding_call_for_the_pass_and_a_fresh_request(zoo4):
+@pytest.mark.parametrize("cfg", [EngineConfig(), EngineConfig(prefill_chunk=None, batch_tokens=2)],
+                         ids=["default", "prompt-over-the-budget"])
+def test_engine_runs_the_head_then_one_embedding_call_for_the_pass_and_a_fresh_request(zoo4,
+                                                                                       cfg):
     """A request arrives while another's pass is at the head: the head goes first, then one
-    embedding call and one decoder call carry both (the fresh prompt joins the pass)."""
+    embedding call and one decoder call carry both (the fresh prompt joins the pass), also when
+    the prompt is longer than a call's prompt budget (unchunked, as prompt logprobs are)."""
     zoo, ref = zoo4
-    eng = Engine(zoo, ["base"], EngineConfig())
+    eng = Engine(zoo, ["base"], cfg)
     eng.warm_up()  # every block resident: no load penalty reorders the queues
     assert len(eng.chains["base"]) == 3, "embed, one decoder segment, head"
     calls = []

@@ -76,25 +76,35 @@ def test_engine_calls_per_token_at_most_its_segments(zoo4, cfg):
     assert calls / tokens <= per_pass  # batching makes it less: requests share calls
 
 
-def test_one_decoder_profile_gives_every_segment_shape_its_limit(zoo4, monkeypatch):
-    """Segments of other layer counts take the measured curve scaled by their layers, so
-    none is profiled while serving (warm-up profiles the first shape that loads)."""
+def test_warm_up_measures_each_segment_shape_and_on_demand_ones_scale_a_measured_curve(
+        zoo4, monkeypatch):
+    """Warm-up, where a profile delays no request, measures every resident segment shape (each
+    layer count). Without it, segments of other layer counts take the first measured curve
+    scaled by their layers, so only one profile runs in the serving path."""
     from blockllm.runtime.batch_policy import batch_limit
     from blockllm.runtime.hosts import LocalHost
     zoo, ref = zoo4
     profiled, profile = [], LocalHost.profile
     monkeypatch.setattr(LocalHost, "profile",
                         lambda self, key: profiled.append(key) or profile(self, key))
+
+    def layers_of(eng):
+        return {k: eng.info[eng.entry_of[k][0].block].signature["n_layers"]
+                for k in eng.sched.kv.tables}
+    warm = Engine(zoo, zoo.models(), EngineConfig())
+    warm.warm_up()
+    layers = layers_of(warm)
+    assert len(set(layers.values())) > 1, "the zoo's segments have several layer counts"
+    assert sorted(layers[k] for k in profiled) == sorted(set(layers.values()))
+    assert set(warm.weights.limits) >= set(layers), "every segment's limit known before serving"
+    profiled.clear()
     eng = Engine(zoo, zoo.models(), EngineConfig())
-    eng.warm_up()
     reqs = [(m, 0, eng.submit(m, PROMPTS[0], max_tokens=N, stop_ids=frozenset()))
             for m in zoo.models()]
     while eng.has_work():
         eng.step()
     check_tokens(eng, reqs, ref)
-    layers = {k: eng.info[eng.entry_of[k][0].block].signature["n_layers"]
-              for k in eng.sched.kv.tables}
-    assert len(set(layers.values())) > 1, "the zoo's segments have several layer counts"
+    layers = layers_of(eng)
     [measured] = profiled
     [(n, curve)] = eng.weights._measured.values()
     assert n == layers[measured]

@@ -83,7 +83,7 @@ def test_each_request_s_logits_use_the_embedding_it_ran(swapped, devices, monkey
 def test_a_pinned_chain_option_serves_every_request(swapped):
     """`serve --pin-chain C=t=swap`: every request of C runs that recorded option (how
     lm-eval measures one, experiments/lm_eval_check.py --pin); an unknown label is refused
-    with the labels the zoo has."""
+    with the labels the zoo has, a pin of a model not served by name."""
     from blockllm.errors import UserError
     zoo, option, refs = swapped
     eng = Engine(zoo, ["A", "C"], EngineConfig(pinned_chains=(("C", "t=swap"),)))
@@ -97,3 +97,5 @@ def test_a_pinned_chain_option_serves_every_request(swapped):
         eng.close()
     with pytest.raises(UserError, match="t=swap"):
         Engine(zoo, ["C"], EngineConfig(pinned_chains=(("C", "t=nope"),)))
+    with pytest.raises(UserError, match="names C, not served"):  # a typo is not ignored
+        Engine(zoo, ["A"], EngineConfig(pinned_chains=(("C", "t=swap"),)))

@@ -18,6 +18,10 @@ def load_options(engine) -> dict[str, list[tuple]]:
     from blockllm.zoo.evidence import budget
     from blockllm.zoo.evidence import load_options as options_of
     pinned = dict(engine.cfg.pinned_chains)
+    unserved = sorted(set(pinned) - set(engine.models))
+    if unserved:
+        raise UserError(f"--pin-chain names {', '.join(unserved)}, not served (served: "
+                        f"{', '.join(engine.models)}); add it to --models or drop the pin")
     out = {}
     for m in engine.models:
         opts = options_of(engine.zoo, m)
@@ -45,7 +49,7 @@ def assemble_chain(engine, model: str) -> tuple[ChainEntry, ...]:
     others = set().union(*(chain_blocks(c) for m, c in engine.chains.items() if m != model))
     resident = frozenset(k.block for r in engine.weights.memory for k in r.keys()) | others
     load: dict = {}
-    for k, q in engine.sched.queues.items():  # a block's queue: summed over its replicas (and copies)
+    for k, q in engine.sched.queues.items():  # summed over its replicas and copies
         load[k.block] = load.get(k.block, 0.0) + len(q)
     sizes = {b: r.nbytes for b, r in engine.info.items()}
     opts = [("exact", engine.chains[model], 0.0)] + [

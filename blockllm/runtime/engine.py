@@ -31,14 +31,13 @@ from blockllm.runtime.keys import BlockKey
 from blockllm.runtime.kv_manager import kv_pools
 from blockllm.runtime.moves import replan
 from blockllm.runtime.request import Request, State, check_request
-from blockllm.runtime.residency import OverBudget
 from blockllm.runtime.routing import route_request, set_keys
 from blockllm.runtime.scheduler import Scheduler
 from blockllm.runtime.segments import segment_served
 from blockllm.runtime.speculation import speculate
 from blockllm.runtime.weights import Weights
 from blockllm.zoo.partition import ChainEntry
-from blockllm.zoo.store import CorruptBlock, Zoo
+from blockllm.zoo.store import Zoo
 
 
 COUNTERS = ("steps", "block_calls", "tokens", "preemptions", "deadlocks", "cold_loads",
@@ -210,7 +209,8 @@ class Engine:
                 self.waiting_for_reads = True
                 return
             limit = self.weights.limit(key, head.chain[head.stage])  # may profile: first use
-        except (OverBudget, CorruptBlock) as e:  # the block cannot run: end its requests
+        except Exception as e:  # noqa: BLE001 - over budget, corrupt, out of memory while
+            # building or profiling it: the block cannot run, so its requests end, not all
             for _, r in list(self.sched.queues[key]):
                 self.abort(r, f"error: {e}")
             if self.weights.resident(key):  # a speculative load that failed: read it again
@@ -227,11 +227,12 @@ class Engine:
         """Each request of a finished batch goes on: to its next block, back to the embedding
         (a prompt chunk done, or a token sampled after the head), or out."""
         batch = done.batch
-        if done.error is not None:
-            self.block_failed(batch.key, batch.reqs, done.error)
+        live = batch.live()
+        if done.error is not None:  # requests preempted while it ran go on from their restart
+            self.block_failed(batch.key, [r for r, ok in zip(batch.reqs, live) if ok], done.error)
             return
-        for req, out, (epoch, state) in zip(batch.reqs, done.outs, batch.epochs, strict=True):
-            if (req.preemptions, req.state) != (epoch, state):
+        for req, out, ok in zip(batch.reqs, done.outs, live, strict=True):
+            if not ok:
                 continue  # preempted (or ended) while its batch ran: its output is void
             if batch.kind == "head":
                 self._after_head(req, out)
@@ -301,7 +302,7 @@ class Engine:
                 for r in self.replicas[key]:
                     self.weights.warm(r, e, m)
                 if self.weights.resident(key):
-                    self.weights.limit(key, e)
+                    self.weights.limit(key, e, measure=True)
 
     def generate(self, model: str, prompts: list[list[int]], max_tokens: int,
                  params: SamplingParams = SamplingParams(), stop_ids=None) -> list[list[int]]:

@@ -33,6 +33,11 @@ class Inflight(NamedTuple):
     handle: object  # the host's handle of the call
     t0: float
 
+    def live(self) -> list[bool]:
+        """Per request: not preempted or ended since the batch started (else its output is
+        void: a preempted request restarts, an ended one is gone)."""
+        return [(r.preemptions, r.state) == e for r, e in zip(self.reqs, self.epochs, strict=True)]
+
 
 class Done(NamedTuple):
     """A batch that finished: its outputs (one per request), or the exception it raised."""

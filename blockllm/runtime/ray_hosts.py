@@ -4,8 +4,8 @@ and adapters). The engine stays on the driver and schedules; actors only load, d
 Hidden states go from actor to actor through Ray's object store (shared memory on one node, the
 network across nodes): a call returns one object per request, the engine keeps only their
 references and passes them to the next block's actor, which fetches them itself; only the
-head's token ids (picked on its device) come to the engine. KV never moves while serving: it stays in the
-pool of the actor that runs the block. An actor runs its calls in the order
+head's token ids (picked on its device) come to the engine. KV never moves while serving: it
+stays in the pool of the actor that runs the block. An actor runs its calls in the order
 they were sent, so a `drop` or `load` sent before a `run` has happened when the run starts.
 While one actor computes, the engine starts batches on the others (`submit` returns at once)
 and takes in whichever finishes first (`collect`).

@@ -145,8 +145,10 @@ class Scheduler:
             req = item[1]
             n = len(req.feed)
             prompt = n > 1
-            if batch and (prompt_tokens + n > prompt_budget if prompt else tokens + n > limit):
-                continue
+            if batch and (prompt_tokens and prompt_tokens + n > prompt_budget if prompt
+                          else tokens + n > limit):
+                continue  # the first prompt always rides along: one longer than the budget
+                # (unchunked, as with prompt logprobs) would otherwise never join decodes
             if not self.runnable(key, req):
                 continue
             if not self.cfg.coordinate_kv and key in self.kv.tables:

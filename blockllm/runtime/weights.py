@@ -113,6 +113,8 @@ class Weights:
         mem = self.residency(key)
         if mem.resident(key):
             return 0.0 if self.ready(key, req) else float("inf")
+        if self.hosts[self.where[key]].reading():  # one read at a time per device: a pick of
+            return float("inf")  # this block would leave the device idle until that read ends
         if self.cfg.residency_unit == "model":  # the request's whole model
             missing = sum(self.weight_bytes(k) for k in req.keys if not self.resident(k))
         else:
@@ -133,14 +135,16 @@ class Weights:
                 return
             mem.add(key, size)
 
-    def limit(self, key: BlockKey, entry: ChainEntry) -> int:
-        """The block's batch limit in tokens: fixed, or from its shape's latency curve
-        (profiled on its device once per shape: at warm-up, or at a first use)."""
+    def limit(self, key: BlockKey, entry: ChainEntry, measure: bool = False) -> int:
+        """The block's batch limit in tokens: fixed, or from its shape's latency curve,
+        profiled on its device once per shape. `measure` (warm-up, where a profile delays no
+        request): always profile a new shape; else (a first use while serving) a decoder
+        segment takes a measured curve of its layers scaled to its layer count if there is one."""
         if key not in self.limits:
-            self.limits[key] = self._limit(key, entry)
+            self.limits[key] = self._limit(key, entry, measure)
         return self.limits[key]
 
-    def _limit(self, key: BlockKey, entry: ChainEntry) -> int:
+    def _limit(self, key: BlockKey, entry: ChainEntry, measure: bool) -> int:
         if self.cfg.batch_tokens is not None:
             return self.cfg.batch_tokens
         row = self.info[entry.block]
@@ -148,7 +152,8 @@ class Weights:
             return 1 << 30
         shape = f"{row.kind}:{sorted(row.signature.items())}"
         if shape not in self._curves:  # one profile per block shape, not per block
-            self._curves[shape] = self._scaled(row) or self._profile(key, row)
+            scaled = None if measure else self._scaled(row)
+            self._curves[shape] = scaled or self._profile(key, row)
         return batch_limit(self._curves[shape], self.cfg.latency_target_s)
 
     def _profile(self, key: BlockKey, row: BlockRow) -> list[tuple[int, float]]:
@@ -159,9 +164,10 @@ class Weights:
 
     def _scaled(self, row: BlockRow) -> list[tuple[int, float]] | None:
         """A decoder segment's curve from a measured one of the same layers in another number,
-        scaled by the ratio of layers (each layer costs alike; the knee, the batch limit without
-        a latency target, stays where it was); None if none was measured. So a segment that
-        loads on demand is not profiled in the serving path (measured on 2 EPYC cores: the
+        scaled by the ratio of layers; None if none was measured. An estimate: a call's fixed
+        costs scale too, and the knee (the batch limit without a latency target) stays where it
+        was, so warm-up measures every resident shape instead. It keeps a segment that loads on
+        demand from being profiled in the serving path (measured on 2 EPYC cores: the
         ablations' first requests waited 3-8 s while such segments were profiled)."""
         measured = self._measured.get(_layer_free(row)) if row.kind == "decoder" else None
         if measured is None:
