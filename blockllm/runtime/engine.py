@@ -227,12 +227,12 @@ class Engine:
         """Each request of a finished batch goes on: to its next block, back to the embedding
         (a prompt chunk done, or a token sampled after the head), or out."""
         batch = done.batch
-        live = batch.live()
         if done.error is not None:  # requests preempted while it ran go on from their restart
-            self.block_failed(batch.key, [r for r, ok in zip(batch.reqs, live) if ok], done.error)
+            self.block_failed(batch.key, [r for i, r in enumerate(batch.reqs) if batch.live(i)],
+                              done.error)
             return
-        for req, out, ok in zip(batch.reqs, done.outs, live, strict=True):
-            if not ok:
+        for i, (req, out) in enumerate(zip(batch.reqs, done.outs, strict=True)):
+            if not batch.live(i):  # asked here: an earlier request's head may have preempted it
                 continue  # preempted (or ended) while its batch ran: its output is void
             if batch.kind == "head":
                 self._after_head(req, out)

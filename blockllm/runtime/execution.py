@@ -33,10 +33,11 @@ class Inflight(NamedTuple):
     handle: object  # the host's handle of the call
     t0: float
 
-    def live(self) -> list[bool]:
-        """Per request: not preempted or ended since the batch started (else its output is
-        void: a preempted request restarts, an ended one is gone)."""
-        return [(r.preemptions, r.state) == e for r, e in zip(self.reqs, self.epochs, strict=True)]
+    def live(self, i: int) -> bool:
+        """Request i was not preempted or ended since the batch started (else its output is
+        void: a preempted request restarts, an ended one is gone). Ask at the time of use."""
+        r = self.reqs[i]
+        return (r.preemptions, r.state) == self.epochs[i]
 
 
 class Done(NamedTuple):
