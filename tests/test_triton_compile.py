@@ -37,11 +37,11 @@ def _launches(dt: str, shape: tuple) -> list[tuple]:
     """(kernel, signature, constexprs, num_warps) as the wrappers in triton_ops launch them."""
     hidden, inter, heads, kv_heads, d = shape
     p, i32 = f"*{dt}", "i32"
-    norm_block = triton.next_power_of_2(hidden)
+    norm_block, norm_warps = k.norm_launch(hidden)
     out = [(k._add_rms_norm, dict(res_ptr=p, x_ptr=p, w_ptr=p, out_ptr=p, n_cols=i32,
                                   eps="fp32", stride_r=i32, stride_x=i32, stride_o=i32,
                                   HAS_X="constexpr", BLOCK="constexpr"),
-            dict(HAS_X=has_x, BLOCK=norm_block), min(16, max(1, norm_block // 256)))
+            dict(HAS_X=has_x, BLOCK=norm_block), norm_warps)
            for has_x in (False, True)]
     out.append((k._silu_mul, dict(gu_ptr=p, out_ptr=p, n_cols=i32, stride_gu=i32, stride_o=i32,
                                   BLOCK="constexpr"),
@@ -50,9 +50,8 @@ def _launches(dt: str, shape: tuple) -> list[tuple]:
                               HALF="constexpr", BLOCK="constexpr"),
                 dict(HALF=d // 2, BLOCK=triton.next_power_of_2(d // 2)), 4))
     g = heads // kv_heads
-    gp, bd = max(2, triton.next_power_of_2(g)), triton.next_power_of_2(d)
     for ps in (16, 128):  # the engine's page size, and a large one (tiles of BT tokens)
-        bt = min(triton.next_power_of_2(ps), max(2, k._TILE // (gp * bd)))
+        gp, bd, bt = k.decode_tiles(g, d, ps)
         sig = dict(q_ptr=p, k_ptr=p, v_ptr=p, tab_ptr="*i64", len_ptr="*i64", o_ptr=p,
                    scale="fp32", n_tab=i32, **{s: i32 for s in (
                        "stride_qb", "stride_qh", "stride_kp", "stride_kt", "stride_kh",

@@ -40,12 +40,17 @@ def _norm(residual: torch.Tensor, x: torch.Tensor | None, weight: torch.Tensor,
           eps: float) -> torch.Tensor:
     T, n = residual.shape
     out = torch.empty_like(residual)
-    block = triton.next_power_of_2(n)
+    block, warps = norm_launch(n)
     _add_rms_norm[(T,)](residual, residual if x is None else x, weight, out, n, eps,
                         residual.stride(0), (residual if x is None else x).stride(0),
-                        out.stride(0), HAS_X=x is not None, BLOCK=block,
-                        num_warps=min(16, max(1, block // 256)))
+                        out.stride(0), HAS_X=x is not None, BLOCK=block, num_warps=warps)
     return out
+
+
+def norm_launch(n: int) -> tuple[int, int]:
+    """(BLOCK, num_warps) of the norm kernel for rows of n values."""
+    block = triton.next_power_of_2(n)
+    return block, min(16, max(1, block // 256))
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -158,14 +163,20 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         k_cache.stride() == v_cache.stride(), "paged_decode: unexpected layout"
     ps, hkv = k_cache.shape[1], k_cache.shape[2]
     g = H // hkv
-    gp, bd = max(2, triton.next_power_of_2(g)), triton.next_power_of_2(D)
-    # tokens per tile: a (gp, bt, bd) product of at most _TILE values, as a page of 16 at GQA
-    # 1 and D 128 (Llama-2-7B), which compiles for sm_90 without spills; a whole page at GQA 8
-    # or a page of 128 tokens took 255 registers. Any page size: tokens past it are masked.
-    bt = min(triton.next_power_of_2(ps), max(2, _TILE // (gp * bd)))
+    gp, bd, bt = decode_tiles(g, D, ps)
     out = torch.empty((B, H, D), dtype=q.dtype, device=q.device)
     _paged_decode[(B, hkv)](q, k_cache, v_cache, tables, lens, out, scale, tables.shape[1],
                             q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
                             k_cache.stride(2), tables.stride(0), out.stride(0), out.stride(1),
                             G=g, GP=gp, D=D, BD=bd, PS=ps, BT=bt)
     return out
+
+
+def decode_tiles(g: int, d: int, ps: int) -> tuple[int, int, int]:
+    """(GP, BD, BT) of paged_decode for GQA group g, head dim d, pages of ps tokens. Tokens
+    per tile: a (gp, bt, bd) product of at most _TILE values, as a page of 16 at GQA 1 and D
+    128 (Llama-2-7B), which compiles for sm_90 without spills (tests/test_triton_compile.py);
+    a whole page at GQA 8 or a page of 128 tokens took 255 registers. Any page size: tokens
+    past it are masked."""
+    gp, bd = max(2, triton.next_power_of_2(g)), triton.next_power_of_2(d)
+    return gp, bd, min(triton.next_power_of_2(ps), max(2, _TILE // (gp * bd)))
