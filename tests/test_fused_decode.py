@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from blockllm.models import fused_decode, llama
+from blockllm.models.attention import AttnBatch
 from blockllm.models.chain import ChainModel
+from blockllm.models.lora import TARGETS, LoraAdapter, LoraSegments
 from blockllm.zoo.partition import partition
 from tests.conftest import tiny_source
 
@@ -79,7 +81,7 @@ def test_long_steps_stay_in_python_where_they_take_onednn(monkeypatch):
 
 def test_mixed_steps_and_packed_weights_take_the_python_path(monkeypatch):
     """A step with a prompt chunk beside decodes, or a block with packed weights: no native
-    call, and the step still runs. (LoRA steps are the engine tests'.)"""
+    call, and the step still runs."""
     from blockllm.models.llama import pack_weight
     src = tiny_source(seed=4)
     model = _chain(src)
@@ -96,3 +98,59 @@ def test_mixed_steps_and_packed_weights_take_the_python_path(monkeypatch):
         block.fused_weights = fused_decode.weight_lists(block)  # what replaces one does
     model.step([0, 1], [[1], [2]])
     assert calls == [2] * len(model.decoders), "packed weights stay on the Python path"
+
+
+def _adapter(cfg, modules: tuple[str, ...], seed: int, r: int = 3) -> LoraAdapter:
+    """Random A and B for `modules` of every layer (a tiny block has at most that many)."""
+    g = torch.Generator().manual_seed(seed)
+    hid, q = cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim
+    kv, inter = cfg.num_key_value_heads * cfg.head_dim, cfg.intermediate_size
+    dims = dict(zip(TARGETS, [(hid, q), (hid, kv), (hid, kv), (q, hid), (hid, inter),
+                              (hid, inter), (inter, hid)], strict=True))
+    tensors = {}
+    for j in range(cfg.num_hidden_layers):
+        for m in modules:
+            tensors[f"layers.{j}.{m}.lora_A"] = torch.randn(r, dims[m][0], generator=g) * 0.2
+            tensors[f"layers.{j}.{m}.lora_B"] = torch.randn(dims[m][1], r, generator=g) * 0.2
+    return LoraAdapter(tensors, 2.0)
+
+
+@pytest.mark.parametrize("mix", ["one-adapter", "mixed-with-base-rows"])
+def test_lora_decode_steps_take_one_call_and_equal_the_python_path(mix, monkeypatch):
+    """Decode steps whose rows use adapters (one for all, or several mixed with base rows,
+    one targeting only q/v/down so the rest are rank 0): one native call per block, the
+    same logits and KV as the Python path's per-matmul deltas, bit for bit."""
+    for module in (llama, fused_decode):
+        monkeypatch.setattr(module, "plain_onednn", lambda: False)
+    src = tiny_source(seed=5)
+    some = _adapter(src.config, ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"), 1)
+    full = _adapter(src.config, TARGETS, 2)
+    rows = [full] * 4 if mix == "one-adapter" else [some, None, full, some]
+
+    def run(fused: bool):  # the rows' adapters are read when it runs
+        monkeypatch.setattr(fused_decode, "ENABLED", fused)
+        calls = _count_calls(monkeypatch)
+        model = _chain(src)
+        model.reserve(sum(len(p) for p in PROMPTS) + len(PROMPTS) * 8)
+        seqs = list(range(len(PROMPTS)))
+        out = [model.step(seqs, PROMPTS)]  # the prompts on base weights: Python either way
+        with torch.inference_mode():
+            for _ in range(4):
+                batch = AttnBatch.build(model.table, seqs, [1] * len(seqs), "cpu")
+                lora = LoraSegments.per_sequence(rows, [1] * len(seqs))
+                h = model.embed(out[-1].argmax(-1))
+                for mod, _, pool in model.stages:
+                    h = mod(h) if pool is None else mod(h, model.pools[pool], batch, lora)
+                out.append(model.head(h))
+        return out, [p.kv.clone() for p in model.pools], len(calls), len(model.decoders)
+
+    want, want_kv, none, _ = run(fused=False)
+    got, got_kv, calls, blocks = run(fused=True)
+    assert none == 0 and calls == 4 * blocks, "every LoRA decode step in one call per block"
+    rows = [None] * 4
+    plain, _, _, _ = run(fused=True)
+    assert not torch.equal(plain[-1], got[-1]), "the adapters must change the logits"
+    for a, b in zip(want, got, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(want_kv, got_kv, strict=True):
+        assert torch.equal(a, b)

@@ -86,10 +86,12 @@ class ChainModel:
     def __init__(self, cfg: LlamaConfig, chain: list[tuple[BlockWeights, BlockWeights | None]],
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                  page_size: int = 16):
-        self.cfg, self.device, self.dtype, self.page_size = cfg, torch.device(device), dtype, page_size
+        self.cfg, self.device = cfg, torch.device(device)
+        self.dtype, self.page_size = dtype, page_size
         (embed, _), *middle, (head, _) = chain
         self.embed = build_block(cfg, "embed", embed.tensors, device=device, dtype=dtype)
-        self.stages: list[tuple[nn.Module, LoraAdapter | None, int | None]] = []  # (mod, lora, pool)
+        # (module, its adapter, its pool)
+        self.stages: list[tuple[nn.Module, LoraAdapter | None, int | None]] = []
         n_pools = 0
         for blk, adapter in middle:
             mod = build_block(cfg, blk.kind, blk.tensors, device=device, dtype=dtype,
@@ -169,7 +171,8 @@ class ChainModel:
                 raise UserError("the prompt is empty")
             if len(p) + max_new_tokens > limit:
                 raise UserError(f"prompt of {len(p)} tokens + {max_new_tokens} new tokens "
-                                 f"exceeds the context length {limit}: shorten the prompt or lower --max-tokens")
+                                f"exceeds the context length {limit}: shorten the prompt or "
+                                f"lower --max-tokens")
         stop = set(self.cfg.eos_token_ids if stop_ids is None else stop_ids)
         self.reserve(sum(-(-(len(p) + max_new_tokens) // self.page_size) * self.page_size
                          for p in prompts))

@@ -51,7 +51,8 @@ class LlamaConfig:
         """Map an HF `LlamaConfig`/`MistralConfig` dict; refuse what we do not implement."""
         arch = cfg.get("model_type", "llama")
         if arch not in ("llama", "mistral"):
-            raise ValueError(f"unsupported model_type {arch!r}: blockllm implements llama and mistral")
+            raise ValueError(f"unsupported model_type {arch!r}: blockllm implements llama and "
+                             f"mistral")
         if cfg.get("attention_bias") or cfg.get("mlp_bias"):
             raise ValueError("attention_bias/mlp_bias Llama variants are not supported")
         if cfg.get("sliding_window") not in (None, 0) and cfg.get("use_sliding_window", True):

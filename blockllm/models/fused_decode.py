@@ -1,8 +1,9 @@
 """A decoder block's decode step in one native call (kernels/decode_layers.cpp): every layer's
-norms, matmuls, RoPE, KV write and paged attention, in the order of the Python path in
-models.llama (which stays the path for prompt chunks, mixed steps, LoRA, packed weights,
+norms, matmuls, LoRA deltas, RoPE, KV write and paged attention, in the order of the Python
+path in models.llama (which stays the path for prompt chunks, mixed steps, packed weights,
 bfloat16, CUDA graphs and GPUs). Measured reason: at batch 1 on 2 CPU cores the matmuls of a
-SmolLM2 token take ~17 of ~22 ms, and most of the rest is ten Python calls per layer.
+SmolLM2 token take ~17 of ~22 ms, and most of the rest is ten Python calls per layer (with
+LoRA, four more per layer).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import torch
 from blockllm.kernels import decode_layers, plain_onednn
 from blockllm.models.attention import AttnBatch
 from blockllm.models.kv_cache import KVPool
+from blockllm.models.lora import LoraSegments
 
 ENABLED = True  # off: always the Python path (tests compare the two)
+_NO_ROWS = torch.empty(0, dtype=torch.long)
 
 
 def weight_lists(block) -> tuple[list[torch.Tensor], ...] | None:
@@ -35,10 +38,11 @@ def weight_lists(block) -> tuple[list[torch.Tensor], ...] | None:
 
 
 def decode_step(block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pool: KVPool,
-                batch: AttnBatch, lora, skinny_rows: int) -> torch.Tensor | None:
+                batch: AttnBatch, lora: LoraSegments | None, skinny_rows: int
+                ) -> torch.Tensor | None:
     """The block's output for a step whose every row is one sequence's decode, or None where
     this step or block takes the Python path."""
-    if not ENABLED or lora is not None or x.device.type != "cpu" or x.dtype != torch.float32 \
+    if not ENABLED or x.device.type != "cpu" or x.dtype != torch.float32 \
             or x.requires_grad or not x.is_contiguous() or not batch.decodes \
             or batch.decode_rows is not None or batch.write_rows is not None \
             or batch.static_width is not None or len(batch.query_lens) != x.shape[0] \
@@ -49,7 +53,31 @@ def decode_step(block, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, po
     kernel, weights = decode_layers(), block.fused_weights
     if kernel is None or weights is None:
         return None
+    deltas = _lora_lists(block, lora, x.shape[0])
+    if deltas is None:
+        return None
     cfg = block.cfg
     return kernel(x, *weights, pool.kv, batch.slots, batch.page_tables, batch.decode_lens, cos,
-                  sin, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.rms_norm_eps,
-                  cfg.head_dim ** -0.5, skinny_rows)
+                  sin, *deltas, cfg.num_attention_heads, cfg.num_key_value_heads,
+                  cfg.rms_norm_eps, cfg.head_dim ** -0.5, skinny_rows)
+
+
+def _lora_lists(block, lora: LoraSegments | None, n_rows: int) -> tuple | None:
+    """The kernel's LoRA arguments: every adapter's joint A and Bt per layer and fused matmul
+    (adapter-major), each row's adapter; None where an adapter is not plain float32 on a CPU
+    (the Python path's torch deltas serve it)."""
+    if lora is None:
+        return [], [], _NO_ROWS
+    cfg = block.cfg
+    q, kv, inter = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * \
+        cfg.head_dim, cfg.intermediate_size
+    ins = (cfg.hidden_size, q, cfg.hidden_size, inter)
+    outs = ((q, kv, kv), (cfg.hidden_size,), (inter, inter), (cfg.hidden_size,))
+    la, lb = [], []
+    for adapter in lora.adapters():
+        a, b = adapter.fused_pairs(len(block.layers), ins, outs)
+        if a and (a[0].dtype != torch.float32 or a[0].device.type != "cpu"):
+            return None
+        la += a
+        lb += b
+    return la, lb, lora.row_adapters(n_rows)

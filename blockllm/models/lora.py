@@ -17,6 +17,8 @@ import torch
 
 TARGETS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+# a fused decoder layer's matmuls, in order: q/k/v, o, gate/up, down (models.llama)
+FUSED = (TARGETS[:3], TARGETS[3:4], TARGETS[4:6], TARGETS[6:])
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,25 @@ class LoraAdapter:
                     row += p[0].shape[0]
                 col += n
             self._joint[key] = (a, bt)
+        return self._joint[key]
+
+    def fused_pairs(self, n_layers: int, ins: tuple[int, ...], outs: tuple[tuple[int, ...], ...]
+                    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """joint() for every layer and fused matmul (FUSED, whose input widths are `ins` and
+        output column blocks `outs`), layer-major, as the one-call decode step takes them
+        (kernels/decode_layers.cpp): rank 0, A (0, in) and Bt (0, out), where this adapter has
+        no delta. Built once per shape."""
+        key = ("fused", n_layers, ins, outs)
+        if key not in self._joint:
+            like = next(iter(self.tensors.values()), torch.empty(0))
+            a_list, b_list = [], []
+            for j in range(n_layers):
+                for modules, n_in, n_out in zip(FUSED, ins, outs, strict=True):
+                    pair = self.joint(j, modules, n_out) or \
+                        (like.new_zeros(0, n_in), like.new_zeros(0, sum(n_out)))
+                    a_list.append(pair[0])
+                    b_list.append(pair[1])
+            self._joint[key] = (a_list, b_list)
         return self._joint[key]
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> LoraAdapter:

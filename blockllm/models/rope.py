@@ -1,4 +1,5 @@
-"""Rotary position embeddings, with llama3-style frequency scaling. Matches transformers' numerics."""
+"""Rotary position embeddings, with llama3-style frequency scaling. Matches transformers'
+numerics."""
 
 from __future__ import annotations
 
