@@ -1,1 +1,2 @@
-"""Baselines blockllm is measured against: transformers generate() (the reference), per-model serving."""
+"""Baselines blockllm is measured against: transformers generate() (the reference) and
+per-model serving."""

@@ -31,7 +31,8 @@ def hf_model(src: ModelSource, dtype: torch.dtype = torch.float32, device: str =
     model = model.to(device=device, dtype=dtype).eval()
     if merge_adapter and src.adapter is not None:
         model = _merged_peft(model, src)
-    model.generation_config.pad_token_id = src.config.eos_token_ids[0] if src.config.eos_token_ids else 0
+    eos = src.config.eos_token_ids
+    model.generation_config.pad_token_id = eos[0] if eos else 0
     return model
 
 

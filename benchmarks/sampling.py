@@ -89,7 +89,8 @@ def main(device, kinds, batches, out):
                                      "rows": rows}, indent=1))
     md = ["| logits | batch | device, batched (ms) | host, per row (ms) | speedup |",
           "|---|---|---|---|---|"]
-    md += [f"| {r['logits']} | {r['batch']} | {r['device_batched_ms']:.2f} | {r['host_per_row_ms']:.2f} | "
+    md += [f"| {r['logits']} | {r['batch']} | {r['device_batched_ms']:.2f} | "
+           f"{r['host_per_row_ms']:.2f} | "
            f"{r['speedup']:.2f}x |" for r in rows]
     Path(out).with_suffix(".md").write_text(
         f"# Sampling a head batch (`python -m benchmarks.sampling --device {device}`)\n\n"

@@ -25,9 +25,8 @@ def load(path: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame]:
 def summarize(path: Path) -> dict:
     h, df, s = load(path)
     ok = df[df["status"] == "ok"]
-    row = {"system": h["system"], **{k: v for k, v in h.items() if k in ("experiment", "scale", "rate",
-                                                                          "cv", "n_models",
-                                                                          "budget")},
+    keys = ("experiment", "scale", "rate", "cv", "n_models", "budget")
+    row = {"system": h["system"], **{k: v for k, v in h.items() if k in keys},
            "requests": len(df), "ok": len(ok), "tokens_per_s": ok["tokens"].sum() / h["wall_s"],
            "util_mean": float(s["util"].mean()) if len(s) else None,
            "mem_peak": float(s["mem"].max()) if len(s) else None, "sampler": h["sampler"],

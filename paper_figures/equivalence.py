@@ -2,7 +2,8 @@
 threshold per model; stitching. Reads `blockllm bench run accuracy` results (or the
 results/equivalence.json that `blockllm zoo equivalence` writes).
 
-    python -m paper_figures.equivalence [results/runs | results/equivalence.json] [paper_figures/out]
+    python -m paper_figures.equivalence [results/runs | results/equivalence.json]
+                                        [paper_figures/out]
 """
 
 from __future__ import annotations

@@ -69,8 +69,9 @@ def test_export_refuses_a_non_empty_directory(zoo, tmp_path):
 
 
 def test_cli_export(zoo, tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "blockllm.cli", "zoo", "export", *a,
-                                     "--zoo", str(zoo.root)], capture_output=True, text=True)
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "blockllm.cli", "zoo", "export", *a,
+                               "--zoo", str(zoo.root)], capture_output=True, text=True)
     ok = run("lora", "--out", str(tmp_path / "e"))
     assert ok.returncode == 0, ok.stderr
     assert "peft adapter" in ok.stdout and (tmp_path / "e" / "adapter").is_dir()

@@ -49,5 +49,6 @@ def test_no_layer_imports_a_higher_one():
 
 def test_the_check_sees_lazy_imports(tmp_path):
     f = tmp_path / "m.py"
-    f.write_text("def f():\n    from blockllm.cli.serve_cmd import serve\n    import blockllm.zoo\n")
+    f.write_text("def f():\n    from blockllm.cli.serve_cmd import serve\n"
+                 "    import blockllm.zoo\n")
     assert imported(f) == {"cli", "zoo"}

@@ -54,7 +54,8 @@ def test_engine_batch_matches_generate(pair, embedded_source, tmp_path, layout, 
     """The serving engine on SmolLM2 (segments, the three prompts in one batch): transformers'
     greedy tokens, with each CPU path: weights in oneDNN's layout (as served where the skinny
     kernel is not built); plain, each decode step through every layer in one native call (as
-    served on AVX-512 and AVX2); plain, layer by layer in Python with the skinny kernel for decode rows;
+    served on AVX-512 and AVX2); plain, layer by layer in Python with the skinny kernel for
+    decode rows;
     plain through F.linear alone."""
     from blockllm.kernels import skinny_linear
     from blockllm.models import chain, fused_decode, llama

@@ -165,8 +165,8 @@ _bodies = st.one_of(
                                     "stream": st.booleans(), "n": _values}))
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                  HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(body=_bodies)
 def test_fuzzed_bodies_never_crash_the_server(guarded, body):
     try:

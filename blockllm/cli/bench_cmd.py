@@ -56,7 +56,8 @@ def summary(results):
     path = Path(results)
     paths = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
     df = table(paths)
-    cols = ["experiment", "scale", "system", "rate", "cv", "n_models", "ok", "requests", "tokens_per_s", "ttft_p50", "ttft_p95",
+    cols = ["experiment", "scale", "system", "rate", "cv", "n_models", "ok", "requests",
+            "tokens_per_s", "ttft_p50", "ttft_p95",
             "tpot_p50", "e2e_p50", "e2e_p95", "e2e_p99", "util_mean", "mem_peak", "sampler"]
     click.echo(df[[c for c in cols if c in df]].to_string(index=False, float_format="%.3f"))
     out = (path if path.is_dir() else path.parent) / "summary.csv"

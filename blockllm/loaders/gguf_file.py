@@ -97,7 +97,8 @@ def load_gguf(path: str | Path, dtype: torch.dtype = torch.float32) -> ModelSour
             arr = _unpermute(arr, config.num_attention_heads)
         elif name.endswith("self_attn.k_proj.weight"):
             arr = _unpermute(arr, config.num_key_value_heads)
-        tensors[name] = torch.from_numpy(np.array(arr, dtype=np.float32))  # copy: the reader is a read-only memmap
+        # a copy: the reader is a read-only memmap
+        tensors[name] = torch.from_numpy(np.array(arr, dtype=np.float32))
     check_complete(config, tensors, str(path))
     return ModelSource(config=config, tensors=cast(tensors, dtype), origin=str(path.resolve()),
                        tokenizer_loader=lambda: _tokenizer(path))

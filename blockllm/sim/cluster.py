@@ -6,8 +6,9 @@ a latency curve, and at each device the engine's rule for what runs next (the qu
 ranks first by scheduler.queue_rank: waves in chain order, stalled queues first; then as
 many queued requests as fit the block's limit). What it adds is time: a block call takes its
 latency curve's time at the batch's token count, divided by the device's speed; a hop
-between devices takes the link's transfer time for the hidden states it carries. Each request's KV stays on the replica that ran its
-first pass, and later passes are routed there (KV affinity).
+between devices takes the link's transfer time for the hidden states it carries. Each
+request's KV stays on the replica that ran its first pass, and later passes are routed
+there (KV affinity).
 
 Latency curves come from measurements (workers.profile_latency) or a roofline model
 (`roofline_curve`) for devices we cannot run here; results say which.

@@ -76,7 +76,8 @@ def train(base: ModelSource, recipe: Recipe, out_dir: Path, progress: bool = Tru
                 p.requires_grad_(True)
             else:
                 parts = name.split(".")
-                top = parts[:2] == ["model", "layers"] and int(parts[2]) >= n_layers - recipe.top_layers
+                top = parts[:2] == ["model", "layers"] and \
+                    int(parts[2]) >= n_layers - recipe.top_layers
                 p.requires_grad_(top)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.0)

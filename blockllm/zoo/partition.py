@@ -87,7 +87,8 @@ def partition(src: ModelSource, layers_per_block: int = 1) -> tuple[list[Block],
     spans = layer_spans(cfg.num_hidden_layers, layers_per_block)
     adapters = adapter_blocks(src.adapter, cfg, layers_per_block)
     for (start, end), adapter in zip(spans, adapters, strict=True):
-        dec = make_block("decoder", cfg.block_signature("decoder", end - start), _sub(t, start, end))
+        dec = make_block("decoder", cfg.block_signature("decoder", end - start),
+                         _sub(t, start, end))
         blocks.append(dec)
         if adapter is not None:
             blocks.append(adapter)

@@ -22,7 +22,8 @@ from blockllm.zoo.store import Zoo, ZooError
 
 
 def fit_stitch(x: torch.Tensor, y: torch.Tensor, ridge: float = 1e-6) -> dict[str, torch.Tensor]:
-    """Least squares W, b minimizing |x W^T + b - y|^2 + ridge |W|^2. x: (N, h_in), y: (N, h_out)."""
+    """Least squares W, b minimizing |x W^T + b - y|^2 + ridge |W|^2. x: (N, h_in),
+    y: (N, h_out)."""
     xd, yd = x.double(), y.double()
     xm, ym = xd.mean(0), yd.mean(0)
     xc, yc = xd - xm, yd - ym

@@ -19,7 +19,8 @@ from blockllm.zoo.partition import ChainEntry
 from blockllm.zoo.store import Zoo
 
 THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)  # on rel_l2_mean of block outputs (updates)
-DEFAULT_THRESHOLD = 0.01  # the largest swept threshold whose chains kept every variant within 1 point
+# the largest swept threshold whose chains kept every variant within 1 point
+DEFAULT_THRESHOLD = 0.01
 
 
 def model_tasks(zoo: Zoo, name: str) -> list[str]:

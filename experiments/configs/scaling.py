@@ -66,6 +66,7 @@ def run(scale: str, out: Path, zoo: str | None = None, models=None) -> list[Path
     pts = [Point(f"n{n}", {"rate": s.rate, "n_models": n},
                  WorkloadConfig(n_requests=s.n_requests, rate=s.rate, max_tokens=s.max_tokens,
                                 popularity="uniform", seed=4),
-                 ("blockllm", "vllm_per_model", "per_model"), budgets(s.memory_budget, s.kv_budget) +
-                 ("--dtype", s.dtype), tuple(names[:n]), zoo_dir) for n in s.ns]
+                 ("blockllm", "vllm_per_model", "per_model"),
+                 budgets(s.memory_budget, s.kv_budget) + ("--dtype", s.dtype),
+                 tuple(names[:n]), zoo_dir) for n in s.ns]
     return run_points("scaling", scale, pts, out, zoo_dir, names)
