@@ -1,4 +1,5 @@
-"""Benchmark figures: blockllm vs vLLM side by side (`python -m benchmarks.serving`), a head
+"""Benchmark figures: blockllm vs vLLM side by side (`python -m benchmarks.serving`; and every
+run's ratios against issue 15's targets, one point per results/bench_serving*.json), a head
 batch's sampling on the device vs per row on the host (`python -m benchmarks.sampling`), and
 CPU matmuls by path: MKL, oneDNN packed, the skinny kernel (`python -m benchmarks.matmul_layout`),
 and one engine setting against another on a replayed trace (`python -m benchmarks.replay`).
@@ -21,6 +22,7 @@ def draw(results: Path, out_dir: Path) -> list[Path]:
     paths = []
     if (results / "bench_serving.json").exists():
         paths += serving(results / "bench_serving.json", out_dir)
+        paths += serving_runs(sorted(results.glob("bench_serving*.json")), out_dir)
     if (results / "bench_sampling.json").exists():
         paths += sampling(results / "bench_sampling.json", out_dir)
     for path in sorted(results.glob("bench_matmul_layout*.json")):  # one per CPU measured
@@ -55,6 +57,47 @@ def serving(path: Path, out_dir: Path) -> list[Path]:
     g.figure.subplots_adjust(top=0.86)
     g.figure.suptitle("blockllm vs vLLM, same CPU, weights and trace (vllm bench serve)")
     return save(g.figure, out_dir, "bench_serving")
+
+
+RATIOS = {  # facet -> (workload, metric of `vllm bench serve`, target of ours / vLLM's)
+    "one model, p95 e2e": ("one-model", "p95_e2el_ms", 1.0),
+    "one model, p50 TPOT": ("one-model", "p50_tpot_ms", 1.1),
+    "base + 2 LoRA, p95 e2e": ("lora", "p95_e2el_ms", 0.5),
+    "base + 2 partial, p95 e2e": ("partial", "p95_e2el_ms", 0.6),
+}
+
+
+def serving_runs(paths: list[Path], out_dir: Path) -> list[Path]:
+    """Ours / vLLM's within each run of the serving benchmark, against the targets (dashed):
+    the machines' speed swings between runs, their ratios are what compare."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import pandas as pd
+    import seaborn as sns
+
+    rows = []
+    for path in paths:
+        by = {(r["workload"], r["rate"], r["system"]): r for r in json.loads(path.read_text())}
+        run = path.stem.removeprefix("bench_serving").lstrip("-") or "main (Xeon)"
+        for facet, (workload, metric, _) in RATIOS.items():
+            for (w, rate, system), r in by.items():
+                if w == workload and system == "blockllm" and (w, rate, "vllm") in by:
+                    rows.append({"facet": facet, "run": run, "rate": f"{rate:g} req/s",
+                                 "ratio": r[metric] / by[w, rate, "vllm"][metric]})
+    if not rows:
+        return []
+    sns.set_theme(style="whitegrid")
+    g = sns.catplot(pd.DataFrame(rows), x="rate", y="ratio", hue="run", col="facet",
+                    col_order=[f for f in RATIOS if any(r["facet"] == f for r in rows)],
+                    kind="strip", size=7, jitter=0.15, height=3, aspect=0.8)
+    for ax in g.axes.flat:
+        ax.axhline(RATIOS[ax.get_title().removeprefix("facet = ")][2], ls="--", c="grey")
+    g.set(yscale="log")
+    g.set_axis_labels("", "ours / vLLM's (lower is better)")
+    g.set_titles("{col_name}")
+    g.figure.subplots_adjust(top=0.82)
+    g.figure.suptitle("blockllm / vLLM within each run of benchmarks.serving; dashed: target")
+    return save(g.figure, out_dir, "bench_serving_runs")
 
 
 def sampling(path: Path, out_dir: Path) -> list[Path]:

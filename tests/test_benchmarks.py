@@ -25,6 +25,7 @@ def test_sampling_benchmark_writes_its_table_and_both_figures_draw(tmp_path):
     shutil.copy(RESULTS / "bench_serving.json", tmp_path)  # the latest measured run
     paths = figures.draw(tmp_path, tmp_path / "fig")
     assert {p.name for p in paths} == {"bench_serving.png", "bench_serving.pdf",
+                                       "bench_serving_runs.png", "bench_serving_runs.pdf",
                                        "bench_sampling.png", "bench_sampling.pdf"}
     assert all(p.stat().st_size > 1000 for p in paths)
 
