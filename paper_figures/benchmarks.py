@@ -87,9 +87,11 @@ def serving_runs(paths: list[Path], out_dir: Path) -> list[Path]:
     if not rows:
         return []
     sns.set_theme(style="whitegrid")
-    g = sns.catplot(pd.DataFrame(rows), x="rate", y="ratio", hue="run", col="facet",
-                    col_order=[f for f in RATIOS if any(r["facet"] == f for r in rows)],
-                    kind="strip", size=7, jitter=0.15, height=3, aspect=0.8)
+    df = pd.DataFrame(rows)
+    g = sns.catplot(df, x="rate", y="ratio", hue="run", col="facet", kind="strip",
+                    col_order=[f for f in RATIOS if f in set(df["facet"])],
+                    order=sorted(set(df["rate"]), key=float_rate), dodge=True, jitter=False,
+                    size=7, height=3, aspect=0.8)
     for ax in g.axes.flat:
         ax.axhline(RATIOS[ax.get_title().removeprefix("facet = ")][2], ls="--", c="grey")
     g.set(yscale="log")
@@ -98,6 +100,10 @@ def serving_runs(paths: list[Path], out_dir: Path) -> list[Path]:
     g.figure.subplots_adjust(top=0.82)
     g.figure.suptitle("blockllm / vLLM within each run of benchmarks.serving; dashed: target")
     return save(g.figure, out_dir, "bench_serving_runs")
+
+
+def float_rate(label: str) -> float:
+    return float(label.split()[0])
 
 
 def sampling(path: Path, out_dir: Path) -> list[Path]:
