@@ -275,6 +275,8 @@ class Engine:
         req.token_times.append(time.perf_counter())
         if self.on_token is not None:
             self.on_token(req, token)
+            if req.state is State.FINISHED:  # the hook aborted it: its KV is gone
+                return
         limit = self.models[req.model].max_position_embeddings
         if token in req.stop_ids:
             return self._finish(req, "stop")

@@ -35,6 +35,10 @@ class KVManager:
     def fits(self, req: int, keys: Sequence[Hashable], n_tokens: int) -> bool:
         return all(self.tables[k].can_append(req, n_tokens) for k in keys)
 
+    def could_fit(self, keys: Sequence[Hashable], n_tokens: int) -> bool:
+        """n_tokens of one sequence would fit every pool of `keys` were it empty."""
+        return all(-(-n_tokens // self.page_size) <= self.tables[k].num_pages for k in keys)
+
     def reserve(self, req: int, keys: Sequence[Hashable], n_tokens: int) -> bool:
         """Room for n_tokens more tokens of `req` in every block of `keys`, or no change."""
         if not self.fits(req, keys, n_tokens):

@@ -58,19 +58,25 @@ class Scheduler:
         prefill a pass is one chunk: a request admitted for its first chunk alone would be
         preempted at a later one and readmitted at once, forever). Uncoordinated (ablation):
         it enters when its first decoder block has room right now, each block deciding alone.
-        `route(req)` picks its replica of each block first (runtime.routing). A request that
-        does not fit even when nothing else runs fails."""
+        `route(req)` picks its replica of each block first (runtime.routing). A request whose
+        context would not fit some pool of its chain even were that pool empty fails at once,
+        in both modes (uncoordinated, it used to be admitted on its first pool's room and stall
+        forever at a smaller one, or once its output outgrew a pool); one that does not fit
+        now fails when nothing else runs."""
         failed = []
         while self.waiting:
             req = self.waiting[0]
             route(req)
             keys, n = req.decoder_keys, len(req.feed)
-            if self.cfg.coordinate_kv:
+            never = not self.kv.could_fit(keys, len(req.context))
+            if never:
+                ok = False
+            elif self.cfg.coordinate_kv:
                 ok = self.kv.fits(req.id, keys, len(req.context)) and \
                     self.kv.reserve(req.id, keys, n)
             else:
                 ok = self.kv.fits(req.id, keys[:1], n)
-            if not ok and self.running:
+            if not ok and self.running and not never:
                 break  # room comes back as running requests end
             self.waiting.popleft()
             if not ok:
@@ -171,6 +177,8 @@ class Scheduler:
         reserve its slots in every decoder block first; where a pool is full, the newest
         request holding pages there is preempted, the requester included (as vLLM does): an
         older request is never evicted by newer ones, so two cannot evict each other in turn."""
+        if req.id not in self.running:
+            return  # ended while its token was delivered (an on_token hook aborted it)
         if not self.cfg.coordinate_kv:
             self.enqueue(req)
             return
@@ -194,9 +202,22 @@ class Scheduler:
         self.counters["preemptions"] += 1
 
     def break_deadlock(self) -> None:
-        """Uncoordinated mode: every running request waits for KV held by others; the newest
-        gives its pages back."""
-        victim = max(self.running.values(), key=lambda r: r.arrival)
+        """Uncoordinated mode: every running request waits for KV held by others. The newest
+        request holding pages in the pool the oldest stalled request waits for gives them
+        back, so the oldest always gains room (it is first in that block's queue): the
+        newest request overall may hold none there, and preempting it freed nothing, again
+        and again. First, though, a stalled request whose pass would not fit its pool even
+        were the pool empty (its output outgrew it) is the victim: readmitted, it fails
+        (`admit`) and frees what it holds elsewhere."""
+        stalled = [(r.arrival, r.id, k, r) for k, q in self.queues.items()
+                   if k in self.kv.tables for _, r in q if not self.runnable(k, r)]
+        hopeless = [r for _, _, k, r in stalled if not self.kv.could_fit([k], r.pass_end)]
+        holders = []
+        if stalled:
+            key = min(stalled, key=lambda s: s[:2])[2]
+            holders = [self.running[i] for i in self.kv.holders(key) if i in self.running]
+        victim = hopeless[0] if hopeless else \
+            max(holders or self.running.values(), key=lambda r: (r.arrival, r.id))
         self.counters["deadlocks"] += 1
         self.preempt(victim)
 
