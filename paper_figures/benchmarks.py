@@ -59,7 +59,9 @@ def serving(path: Path, out_dir: Path) -> list[Path]:
     return save(g.figure, out_dir, "bench_serving")
 
 
-RATIOS = {  # facet -> (workload, metric of `vllm bench serve`, target of ours / vLLM's)
+# facet -> (workload, metric of `vllm bench serve`, target of ours / vLLM's: issue 15's, as
+# benchmarks.serving.TARGETS, which this installed package cannot import)
+RATIOS = {
     "one model, p95 e2e": ("one-model", "p95_e2el_ms", 1.0),
     "one model, p50 TPOT": ("one-model", "p50_tpot_ms", 1.1),
     "base + 2 LoRA, p95 e2e": ("lora", "p95_e2el_ms", 0.5),
@@ -90,20 +92,16 @@ def serving_runs(paths: list[Path], out_dir: Path) -> list[Path]:
     df = pd.DataFrame(rows)
     g = sns.catplot(df, x="rate", y="ratio", hue="run", col="facet", kind="strip",
                     col_order=[f for f in RATIOS if f in set(df["facet"])],
-                    order=sorted(set(df["rate"]), key=float_rate), dodge=True, jitter=False,
-                    size=7, height=3, aspect=0.8)
-    for ax in g.axes.flat:
-        ax.axhline(RATIOS[ax.get_title().removeprefix("facet = ")][2], ls="--", c="grey")
+                    order=sorted(set(df["rate"]), key=lambda r: float(r.split()[0])),
+                    dodge=True, jitter=False, size=7, height=3, aspect=0.8)
+    for facet, ax in g.axes_dict.items():
+        ax.axhline(RATIOS[facet][2], ls="--", c="grey")
     g.set(yscale="log")
     g.set_axis_labels("", "ours / vLLM's (lower is better)")
     g.set_titles("{col_name}")
     g.figure.subplots_adjust(top=0.82)
     g.figure.suptitle("blockllm / vLLM within each run of benchmarks.serving; dashed: target")
     return save(g.figure, out_dir, "bench_serving_runs")
-
-
-def float_rate(label: str) -> float:
-    return float(label.split()[0])
 
 
 def sampling(path: Path, out_dir: Path) -> list[Path]:

@@ -55,6 +55,12 @@ def greedy_refs(zoo) -> dict[str, list[list[int]]]:
                 for p in ENGINE_PROMPTS] for m in zoo.models()}
 
 
+def kv_layers(eng) -> int:
+    """Decoder layers that hold KV in the engine's pools (a shared layer's once)."""
+    return sum(eng.info[eng.entry_of[k][0].block].signature["n_layers"]
+               for k in eng.sched.kv.tables)
+
+
 def check_tokens(eng, reqs, ref) -> None:
     """Every (model, prompt index, request) ran to its length with the reference's tokens,
     and every KV page came back."""

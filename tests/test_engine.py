@@ -17,7 +17,7 @@ from blockllm.zoo.ingest import add_source
 from blockllm.zoo.store import Zoo
 from tests.conftest import ENGINE_N as N
 from tests.conftest import ENGINE_PROMPTS as PROMPTS
-from tests.conftest import tiny_source
+from tests.conftest import kv_layers, tiny_source
 
 DEVICE = os.environ.get("BLOCKLLM_TEST_DEVICE", "cpu")
 
@@ -90,9 +90,6 @@ def test_shared_blocks_batch_requests_of_several_models(zoo4):
         "base, ft and lora share one embedding worker"
     shared = Engine(zoo, zoo.models(), EngineConfig())
     alone = Engine(zoo, zoo.models(), EngineConfig(share_blocks=False))
-
-    def kv_layers(e):  # decoder layers that hold KV: shared layers hold it once
-        return sum(e.info[e.entry_of[k][0].block].signature["n_layers"] for k in e.sched.kv.tables)
     assert kv_layers(shared) == 3 + 1 + 3 < kv_layers(alone) == 4 * 3
 
 

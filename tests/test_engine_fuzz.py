@@ -16,18 +16,16 @@ from blockllm.models.sampling import SamplingParams
 from blockllm.runtime.config import EngineConfig
 from blockllm.runtime.engine import Engine
 from blockllm.runtime.request import State
+from blockllm.zoo.ingest import chain_model
+from tests.conftest import kv_layers
 
-_REFS: dict = {}
+_MODELS: dict = {}  # name -> its chain run alone
 
 
 def _reference(zoo, model: str, prompt: list[int], n: int, params: SamplingParams) -> list[int]:
-    from blockllm.zoo.ingest import chain_model
-    key = (model, tuple(prompt), n, params)
-    if key not in _REFS:
-        if model not in _REFS:
-            _REFS[model] = chain_model(zoo, model)
-        _REFS[key] = _REFS[model].generate([prompt], n, params, stop_ids=())[0]
-    return _REFS[key]
+    if model not in _MODELS:
+        _MODELS[model] = chain_model(zoo, model)
+    return _MODELS[model].generate([prompt], n, params, stop_ids=())[0]
 
 
 def _config(rng: random.Random, layers: int) -> tuple[EngineConfig, int]:
@@ -59,11 +57,7 @@ def test_random_workloads_give_each_model_its_own_tokens(zoo4, seed):
     zoo, _ = zoo4
     rng = random.Random(seed)
     models = rng.choice([zoo.models(), ["base", "lora"], ["base", "ft", "lora"]])
-    probe = Engine(zoo, models, EngineConfig())
-    layers = sum(probe.info[probe.entry_of[k][0].block].signature["n_layers"]
-                 for k in probe.sched.kv.tables)
-    probe.close()
-    cfg, longest = _config(rng, layers)
+    cfg, longest = _config(rng, kv_layers(Engine(zoo, models)))
     eng = Engine(zoo, models, cfg)
     smallest = min(t.num_pages for t in eng.sched.kv.tables.values()) * cfg.page_size
     arrivals = sorted((rng.randint(0, 30), rng.choice(models),

@@ -7,13 +7,9 @@ import pytest
 from blockllm.runtime.config import EngineConfig
 from blockllm.runtime.engine import Engine
 from blockllm.runtime.request import State
+from blockllm.zoo.ingest import chain_model
 from tests.conftest import ENGINE_PROMPTS as PROMPTS
-
-
-def _layers(zoo) -> int:
-    probe = Engine(zoo, ["base"], EngineConfig(page_size=4))
-    return sum(probe.info[probe.entry_of[k][0].block].signature["n_layers"]
-               for k in probe.sched.kv.tables)
+from tests.conftest import kv_layers
 
 
 def _run(eng, limit=5000) -> int:
@@ -34,7 +30,7 @@ def test_a_request_that_outgrows_its_pool_fails_instead_of_looping(zoo4, coordin
     """3 pages of 4 tokens per pool: an 8-token prompt fits, its 13th token does not."""
     zoo, ref = zoo4
     page = 2 * 4 * 2 * 16 * 4  # K and V of 4 tokens, 2 KV heads of 16, fp32, per layer
-    cfg = EngineConfig(page_size=4, kv_budget=3 * _layers(zoo) * page,
+    cfg = EngineConfig(page_size=4, kv_budget=3 * kv_layers(Engine(zoo, ["base"])) * page,
                        coordinate_kv=coordinate, prefill_chunk=chunk)
     eng = Engine(zoo, ["base"], cfg)
     assert {t.num_pages for t in eng.sched.kv.tables.values()} == {3}
@@ -81,7 +77,7 @@ def test_uncoordinated_pools_of_different_sizes_drain_a_crowd(zoo4):
     them back at once: thousands of preemptions, no progress. The newest holder of the pool
     the oldest stalled request waits for goes now, so the oldest always gains room."""
     import random
-    zoo, ref = zoo4
+    zoo, _ = zoo4
     rng = random.Random(7)
     cfg = EngineConfig(page_size=5, kv_budget=179200, prefill_chunk=5, batch_tokens=1,
                        coordinate_kv=False, kv_by_sharing=True, wave_wait_s=0.0)
@@ -96,7 +92,6 @@ def test_uncoordinated_pools_of_different_sizes_drain_a_crowd(zoo4):
     ok = [r for r in reqs if r.finish_reason == "length"]
     assert len(ok) >= 25, [r.finish_reason for r in reqs]
     for r in ok:  # every request that ran to its length has the reference's tokens
-        from blockllm.zoo.ingest import chain_model
         assert r.output == chain_model(zoo, r.model).generate([r.prompt], r.max_tokens,
                                                               stop_ids=())[0]
     assert _all_free(eng)

@@ -177,8 +177,6 @@ class Scheduler:
         reserve its slots in every decoder block first; where a pool is full, the newest
         request holding pages there is preempted, the requester included (as vLLM does): an
         older request is never evicted by newer ones, so two cannot evict each other in turn."""
-        if req.id not in self.running:
-            return  # ended while its token was delivered (an on_token hook aborted it)
         if not self.cfg.coordinate_kv:
             self.enqueue(req)
             return
@@ -186,8 +184,7 @@ class Scheduler:
         while not self.kv.reserve(req.id, keys, n):
             short = self.kv.shortest(keys, req.id, n)
             holders = {i for k in short for i in self.kv.holders(k) if i in self.running}
-            victim = max([self.running[i] for i in holders | {req.id}],
-                         key=lambda r: (r.arrival, r.id))
+            victim = newest([self.running[i] for i in holders | {req.id}])
             self.preempt(victim)
             if victim is req:
                 return
@@ -209,17 +206,25 @@ class Scheduler:
         and again. First, though, a stalled request whose pass would not fit its pool even
         were the pool empty (its output outgrew it) is the victim: readmitted, it fails
         (`admit`) and frees what it holds elsewhere."""
-        stalled = [(r.arrival, r.id, k, r) for k, q in self.queues.items()
-                   if k in self.kv.tables for _, r in q if not self.runnable(k, r)]
-        hopeless = [r for _, _, k, r in stalled if not self.kv.could_fit([k], r.pass_end)]
+        stalled = [(k, r) for k, q in self.queues.items() if k in self.kv.tables
+                   for _, r in q if not self.runnable(k, r)]
+        hopeless = [r for k, r in stalled if not self.kv.could_fit([k], r.pass_end)]
         holders = []
         if stalled:
-            key = min(stalled, key=lambda s: s[:2])[2]
+            key = min(stalled, key=lambda kr: age(kr[1]))[0]
             holders = [self.running[i] for i in self.kv.holders(key) if i in self.running]
-        victim = hopeless[0] if hopeless else \
-            max(holders or self.running.values(), key=lambda r: (r.arrival, r.id))
+        victim = hopeless[0] if hopeless else newest(holders or self.running.values())
         self.counters["deadlocks"] += 1
         self.preempt(victim)
+
+
+def age(req: Request) -> tuple[float, int]:
+    """Order of arrival (the request id breaks ties)."""
+    return req.arrival, req.id
+
+
+def newest(reqs) -> Request:
+    return max(reqs, key=age)
 
 
 def wave_places(heads: list[tuple[int, int]], cycle: bool = True) -> list[int]:
